@@ -10,8 +10,9 @@ delta_neg is a probable false negative and leaves the contrastive denominator
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -1,0 +1,265 @@
+"""The student read as an encoder-decoder through LoRA (METHOD.md, "The student as an encoder-decoder").
+
+In a LoRA layer h = W0 x + (alpha / r) B A x. The A matrix (r x d) is the encoder: z = A x is an
+r-dimensional representation of the text; B decodes it back into the model. :class:`LoraEncoder`
+wraps a causal LM with peft LoRA on every linear layer and reads z at one chosen LoRA module
+(default ``q_proj`` of the last block), pooled over the sequence (last non-padding token, or mean),
+then L2-normalised.
+
+Contract:
+- ``encode(texts) -> Tensor[N, r]``: identical under left and right padding (position ids come from
+  the attention mask; pooling is :mod:`components.pooling`), and the layers after the representation
+  module are never run: a forward hook on that module's A matrix captures z and stops the forward.
+- ``save(folder)`` writes the adapter in PEFT format (``PeftModel.from_pretrained`` loads it) and
+  ``flipkd_encoder.json`` (layer, module, pooling, max length, decision threshold, ...).
+- ``merged_encoder()`` is a plain torch module (every LoRA update merged into the backbone, truncated
+  at the representation layer, the one A matrix kept as an output head) whose output equals
+  ``encode`` within 1e-5. It is what the ONNX export traces.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from tqdm.auto import tqdm
+
+from components.pooling import POOLING_MODES, pool_normalized
+
+ENCODER_FILE = "flipkd_encoder.json"
+ADAPTER_NAME = "default"
+
+
+@dataclass
+class EncoderConfig:
+    """LoRA and representation settings; defaults from METHOD.md (OURS parts are options)."""
+
+    rank: int = 32
+    alpha: float = 64.0
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    layer: int = -1
+    module: str = "q_proj"
+    pooling: str = "last"
+    max_length: int = 64
+    append_eos: bool = True
+    instruction: str = ""
+    threshold: float = 0.5
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once z is known: later layers are not needed."""
+
+
+_LAYER_PATTERN = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
+
+
+def _lora_modules(model: nn.Module, module: str) -> dict[int, nn.Module]:
+    """LoRA-wrapped modules named ``module`` by layer index (``...layers.<i>....<module>``)."""
+    found: dict[int, nn.Module] = {}
+    for name, sub in model.named_modules():
+        match = _LAYER_PATTERN.search(name)
+        if match and match.group(2).split(".")[-1] == module and hasattr(sub, "lora_A"):
+            found[int(match.group(1))] = sub
+    return found
+
+
+def _num_layers(model: nn.Module) -> int:
+    return int(model.config.num_hidden_layers)
+
+
+class LoraEncoder(nn.Module):
+    """A causal LM with LoRA, read as a text encoder through one A matrix.
+
+    Example:
+        >>> encoder = LoraEncoder(causal_lm, tokenizer, EncoderConfig(rank=8))  # doctest: +SKIP
+        >>> encoder.encode(["How do I reset my PIN?"]).shape                      # doctest: +SKIP
+        torch.Size([1, 8])
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, config: EncoderConfig | None = None,
+                 peft_model: PeftModel | None = None) -> None:
+        super().__init__()
+        self.config = config or EncoderConfig()
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if peft_model is None:
+            lora = LoraConfig(r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout,
+                              target_modules=self.config.target_modules, bias="none", task_type="CAUSAL_LM")
+            peft_model = get_peft_model(model, lora)
+        self.model = peft_model
+        n_layers = _num_layers(self.model.get_base_model())
+        layer = self.config.layer if self.config.layer >= 0 else n_layers + self.config.layer
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer {self.config.layer} is out of range: the model has {n_layers} layers "
+                             f"(use 0..{n_layers - 1}, or -1 for the last)")
+        modules = _lora_modules(self.model, self.config.module)
+        if layer not in modules:
+            raise ValueError(f"no LoRA module {self.config.module!r} in layer {layer}; LoRA targets "
+                             f"{self.config.target_modules!r} (pick a module LoRA wraps, e.g. q_proj)")
+        self.layer_index = layer
+        self._target = modules[layer]
+        self._captured: torch.Tensor | None = None
+        self._stop_early = True
+        # a closure, not a bound method: deep copies of the model (merged_encoder) must not copy the encoder
+        self._target.lora_A[ADAPTER_NAME].register_forward_hook(lambda m, i, o: self._capture(m, i, o))
+
+    # ----------------------------------------------------------------- representation
+    def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self._captured = output
+        if self._stop_early:
+            raise _StopForward
+
+    @property
+    def dimension(self) -> int:
+        return self.config.rank
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Token ids with EOS appended (the last-token pooling point), dynamically padded."""
+        cfg = self.config
+        room = cfg.max_length - (1 if cfg.append_eos else 0)
+        ids = self.tokenizer([cfg.instruction + t for t in texts], add_special_tokens=True, truncation=True,
+                             max_length=room)["input_ids"]
+        if cfg.append_eos:
+            ids = [row + [self.tokenizer.eos_token_id] for row in ids]
+        width = max(len(row) for row in ids)
+        pad, left = self.tokenizer.pad_token_id, self.tokenizer.padding_side == "left"
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            input_ids[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """z [N, r], L2-normalised; differentiable. Runs the model only up to the representation module."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        self._captured = None
+        try:
+            self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        except _StopForward:
+            pass
+        if self._captured is None:
+            raise RuntimeError("the representation hook did not fire: is the LoRA adapter merged or disabled?")
+        z, self._captured = self._captured, None
+        return pool_normalized(z, attention_mask, self.config.pooling)
+
+    def encode_batch(self, texts: Sequence[str]) -> torch.Tensor:
+        return self(**self.tokenize(texts))
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = False) -> torch.Tensor:
+        """Float32 [N, r] on CPU, in input order (batches are formed by length for speed)."""
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.dimension)
+        try:
+            for start in tqdm(range(0, len(texts), batch_size), desc="student encode", disable=not show_progress,
+                              unit="batch"):
+                index = order[start:start + batch_size]
+                out[index] = self.encode_batch([texts[i] for i in index]).float().cpu()
+        finally:
+            self.train(was_training)
+        return out
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.model.parameters() if p.requires_grad)
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, folder: str | Path) -> Path:
+        """Adapter in PEFT format plus ``flipkd_encoder.json``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(folder), safe_serialization=True)
+        meta = {"config": self.config.to_dict(), "layer_index": self.layer_index,
+                "base_model": str(getattr(self.model.get_base_model().config, "_name_or_path", ""))}
+        (folder / ENCODER_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, model: nn.Module, tokenizer, is_trainable: bool = False) -> LoraEncoder:
+        """Rebuild from :meth:`save` output on top of the same base ``model``."""
+        folder = Path(folder)
+        meta_path = folder / ENCODER_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} is missing: not a flipkd encoder folder")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        config = EncoderConfig(**meta["config"])
+        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=is_trainable)
+        return cls(model, tokenizer, config, peft_model=peft_model)
+
+    # ----------------------------------------------------------------- deployment
+    def merged_encoder(self) -> MergedEncoder:
+        """Plain module: LoRA merged, truncated at the representation layer, A as the output head."""
+        head = nn.Linear(self._target.in_features, self.config.rank, bias=False)
+        head.weight.data.copy_(self._target.lora_A[ADAPTER_NAME].weight.data.float())
+        merged = copy.deepcopy(self.model).merge_and_unload()
+        backbone = merged.get_decoder() if hasattr(merged, "get_decoder") else merged.model
+        layers = list(backbone.layers[: self.layer_index + 1])
+        return MergedEncoder(backbone.embed_tokens, nn.ModuleList(layers[:-1]), _input_norm(layers[-1],
+                             self.config.module), head, backbone.rotary_emb, self.config.pooling).eval().float()
+
+
+def _input_norm(layer: nn.Module, module: str) -> nn.Module:
+    """The norm whose output feeds ``module`` in a pre-norm decoder block."""
+    if module in ("q_proj", "k_proj", "v_proj") and hasattr(layer, "input_layernorm"):
+        return layer.input_layernorm
+    raise NotImplementedError(f"merged export supports attention input modules (q_proj, k_proj, v_proj) of "
+                              f"pre-norm decoder blocks; got {module!r}")
+
+
+def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive [N, 1, L, L] mask: causal plus padding; every position may see itself (no empty rows)."""
+    length = attention_mask.shape[1]
+    idx = torch.arange(length, device=attention_mask.device)
+    causal = idx.view(1, length) <= idx.view(length, 1)
+    allowed = causal.unsqueeze(0) & attention_mask.bool().unsqueeze(1)
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=attention_mask.device).unsqueeze(0)
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+class MergedEncoder(nn.Module):
+    """input_ids, attention_mask -> L2-normalised z; no peft, no transformers mask helpers (exportable)."""
+
+    def __init__(self, embed_tokens: nn.Module, layers: nn.ModuleList, norm: nn.Module, head: nn.Linear,
+                 rotary_emb: nn.Module, pooling: str) -> None:
+        super().__init__()
+        self.embed_tokens, self.layers, self.norm, self.head, self.rotary_emb = embed_tokens, layers, norm, head, rotary_emb
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        bias = attention_bias(attention_mask, hidden.dtype)
+        position_embeddings = self.rotary_emb(hidden, position_ids)
+        for layer in self.layers:
+            out = layer(hidden, attention_mask=bias, position_ids=position_ids,
+                        position_embeddings=position_embeddings, use_cache=False)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return pool_normalized(self.head(self.norm(hidden)), attention_mask, self.pooling)

@@ -1,0 +1,116 @@
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from components.lora_encoder import EncoderConfig, LoraEncoder
+from components.pooling import last_token_index, pool
+from tests.tiny_models import random_texts, tiny_llama
+
+TEXTS = ["how do i reset my password", "card lost", "where is the parcel with my new card order", "fee"]
+
+
+def make_encoder(tiny_lm, **kwargs):
+    model, tok = tiny_lm
+    enc = LoraEncoder(model, tok, EncoderConfig(rank=4, alpha=8, dropout=0.0, **kwargs))
+    # LoRA B starts at zero: give A and B random values so the merge has something to merge
+    torch.manual_seed(0)
+    for p in enc.trainable_parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return enc.eval()
+
+
+def test_pooling_index_arithmetic():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert last_token_index(mask).tolist() == [2, 4, 4]
+    hidden = torch.arange(30, dtype=torch.float).view(3, 5, 2)
+    assert pool(hidden, mask, "mean")[1].tolist() == hidden[1, 2:].mean(0).tolist()
+
+
+ENCODER_CASES = [
+    ("last_token_last_layer", {}),
+    ("mean_pooling", {"pooling": "mean"}),
+    ("middle_layer_k_proj", {"layer": 1, "module": "k_proj"}),
+    ("first_layer_v_proj", {"layer": 0, "module": "v_proj"}),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", ENCODER_CASES, ids=[c[0] for c in ENCODER_CASES])
+def test_left_and_right_padding_agree(tiny_lm, name, kwargs):
+    enc = make_encoder(tiny_lm, **kwargs)
+    enc.tokenizer.padding_side = "right"
+    right = enc.encode(TEXTS, batch_size=4)
+    enc.tokenizer.padding_side = "left"
+    left = enc.encode(TEXTS, batch_size=4)
+    one_by_one = torch.cat([enc.encode([t]) for t in TEXTS])
+    assert right.shape == (4, 4)
+    torch.testing.assert_close(left, right, atol=1e-5, rtol=0)
+    torch.testing.assert_close(one_by_one, right, atol=1e-5, rtol=0)
+    torch.testing.assert_close(right.norm(dim=-1), torch.ones(4))
+
+
+@pytest.mark.parametrize("name,kwargs", ENCODER_CASES, ids=[c[0] for c in ENCODER_CASES])
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_merged_encoder_equals_encode(tiny_lm, name, kwargs, padding_side):
+    enc = make_encoder(tiny_lm, **kwargs)
+    enc.tokenizer.padding_side = padding_side
+    merged = enc.merged_encoder()
+    texts = random_texts(7, seed=1)
+    batch = enc.tokenize(texts)
+    with torch.inference_mode():
+        got = merged(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(got, enc.encode(texts, batch_size=7), atol=1e-5, rtol=0)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    # the encoder is unchanged by building the merged copy
+    torch.testing.assert_close(enc.encode(texts), enc.encode(texts))
+
+
+def test_layers_after_representation_are_not_run(tiny_lm):
+    enc = make_encoder(tiny_lm, layer=0)
+    calls = []
+    base = enc.model.get_base_model().model
+    for i, layer in enumerate(base.layers):
+        layer.mlp.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+    base.norm.register_forward_hook(lambda m, a, o: calls.append("norm"))
+    enc.encode(TEXTS)
+    assert calls == []  # even layer 0's MLP runs after q_proj
+
+
+def test_gradients_reach_lora(tiny_lm):
+    enc = make_encoder(tiny_lm)
+    enc.train()
+    z = enc.encode_batch(TEXTS)
+    z.sum().backward()
+    grads = [p.grad for n, p in enc.model.named_parameters() if p.requires_grad and "lora_A" in n]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_save_and_load_round_trip(tiny_lm, tmp_path):
+    enc = make_encoder(tiny_lm, layer=1, pooling="mean", threshold=0.42)
+    expected = enc.encode(TEXTS)
+    enc.save(tmp_path / "adapter")
+    meta = json.loads((tmp_path / "adapter" / "flipkd_encoder.json").read_text())
+    assert meta["config"]["layer"] == 1 and meta["config"]["threshold"] == 0.42
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    _, tok = tiny_lm
+    again = LoraEncoder.load(tmp_path / "adapter", tiny_llama(), tok)
+    torch.testing.assert_close(again.encode(TEXTS), expected, atol=1e-6, rtol=0)
+    # plain peft can load the adapter too
+    assert isinstance(PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "adapter")), PeftModel)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"layer": 3}, "out of range"), ({"layer": -4}, "out of range"), ({"module": "lm_head"}, "no LoRA module"),
+])
+def test_bad_representation_choice(tiny_lm, kwargs, match):
+    model, tok = tiny_lm
+    with pytest.raises(ValueError, match=match):
+        LoraEncoder(model, tok, EncoderConfig(rank=4, **kwargs))
+
+
+@pytest.mark.parametrize("kwargs,match", [({"rank": 0}, "rank"), ({"pooling": "cls"}, "pooling"),
+                                          ({"dropout": 1.0}, "dropout"), ({"max_length": 1}, "max_length")])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EncoderConfig(**kwargs)
