@@ -250,7 +250,8 @@ class MergedEncoder(nn.Module):
     def __init__(self, embed_tokens: nn.Module, layers: nn.ModuleList, norm: nn.Module, head: nn.Linear,
                  rotary_emb: nn.Module, pooling: str) -> None:
         super().__init__()
-        self.embed_tokens, self.layers, self.norm, self.head, self.rotary_emb = embed_tokens, layers, norm, head, rotary_emb
+        self.embed_tokens, self.layers, self.norm = embed_tokens, layers, norm
+        self.head, self.rotary_emb = head, rotary_emb
         self.pooling = pooling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -122,8 +122,8 @@ def test_confident_positive_gets_a_larger_margin():
         assert fn(z, z, t_conf, labels) > fn(z, z, t_doubt, labels)
 
 
-@pytest.mark.parametrize("kwargs,match", [({"margin_rule": "cosface"}, "margin_rule"), ({"temperature": 0}, "temperature"),
-                                          ({"margin": -0.1}, "margin")])
+@pytest.mark.parametrize("kwargs,match", [({"margin_rule": "cosface"}, "margin_rule"),
+                                          ({"temperature": 0}, "temperature"), ({"margin": -0.1}, "margin")])
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MarginAwareContrastiveLoss(**kwargs)
