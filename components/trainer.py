@@ -1,0 +1,239 @@
+"""The student training loop (METHOD.md, "Training defaults"), free of MLflow: callbacks report progress.
+
+Per step: a batch of N labelled pairs is encoded in one forward over the 2N texts (dynamic padding,
+forward stopped at the representation layer), the teacher matrix T is rebuilt from cached teacher
+embeddings (T_ij = calibrate(cos(teacher(a_i), teacher(b_j))), so its diagonal is the pair's teacher
+score), and the composite loss of :mod:`components.composite_loss` is minimised with AdamW, linear
+warmup over ``warmup_ratio`` of the steps then linear decay, and gradient clipping by value.
+
+Batches are length-bucketed (pairs of similar length share a batch, so padding is small); batch order
+is still random. ``naive=True`` turns every speed choice off (full-length padding, full-depth forward,
+fp32) and exists only so the throughput benchmark can show the ratio.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from components.composite_loss import FlipKDLoss
+from components.lora_encoder import LoraEncoder
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 3e-5
+    scalar_learning_rate: float = 1e-2
+    weight_decay: float = 0.1
+    warmup_ratio: float = 0.05
+    clip_value: float = 1.0
+    batch_size: int = 16
+    epochs: float = 1.0
+    max_steps: int = 0
+    seed: int = 0
+    precision: str = "auto"
+    bucket_batches: int = 50
+    naive: bool = False
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("epochs must be > 0 (or give max_steps)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.clip_value <= 0:
+            raise ValueError(f"clip_value must be > 0, got {self.clip_value}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 matmul (AVX512-BF16 or AMX); elsewhere bf16 autocast is slow."""
+    try:
+        flags = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    return precision
+
+
+@dataclass
+class TrainingPairs:
+    """What a training step needs, aligned row by row.
+
+    ``teacher_a``/``teacher_b`` are the teacher's L2-normalised embeddings of each side; ``calibrate``
+    maps teacher cosines to scores in [0, 1]; ``keep`` is the noise filter's mask.
+    """
+
+    text_a: list[str]
+    text_b: list[str]
+    labels: np.ndarray
+    teacher_a: np.ndarray
+    teacher_b: np.ndarray
+    calibrate: Callable[[np.ndarray], np.ndarray]
+    keep: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.text_a)
+
+    def teacher_matrix(self, index: list[int]) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.calibrate(self.teacher_a[index] @ self.teacher_b[index].T),
+                                           dtype=np.float32))
+
+
+def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, bucket_batches: int) -> list[list[int]]:
+    """Shuffle, sort by length inside windows of ``bucket_batches`` batches, cut, shuffle the batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = max(1, bucket_batches) * batch_size
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def plain_batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
+    order = list(range(n))
+    rng.shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def warmup_linear(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    warmup = max(1, math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+class Trainer:
+    """Trains ``encoder`` with ``loss`` on ``pairs``; ``on_step(step, metrics)`` receives every logged step."""
+
+    def __init__(self, encoder: LoraEncoder, loss: FlipKDLoss, pairs: TrainingPairs, config: TrainConfig,
+                 on_step: StepCallback | None = None, show_progress: bool = True) -> None:
+        if len(pairs) == 0:
+            raise ValueError("no training pairs left (did the noise filter drop them all?)")
+        self.encoder, self.loss, self.pairs, self.config = encoder, loss, pairs, config
+        self.on_step, self.show_progress = on_step, show_progress
+        self.precision = "fp32" if config.naive else resolve_precision(config.precision)
+        self.steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
+        self.total_steps = config.max_steps or max(1, round(self.steps_per_epoch * config.epochs))
+        groups = [{"params": list(encoder.trainable_parameters()), "lr": config.learning_rate,
+                   "weight_decay": config.weight_decay},
+                  {"params": list(loss.parameters()), "lr": config.scalar_learning_rate, "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           warmup_linear(self.total_steps, config.warmup_ratio))
+        self.step = 0
+        self.data_seconds = 0.0
+        self.compute_seconds = 0.0
+        self._lengths = [max(len(a), len(b)) for a, b in zip(pairs.text_a, pairs.text_b, strict=True)]
+
+    def batches(self) -> Iterator[list[int]]:
+        """Endless stream of batches, epoch after epoch, seeded."""
+        epoch = 0
+        while True:
+            rng = random.Random(self.config.seed * 1_000_003 + epoch)
+            if self.config.naive:
+                yield from plain_batches(len(self.pairs), self.config.batch_size, rng)
+            else:
+                yield from bucketed_batches(self._lengths, self.config.batch_size, rng, self.config.bucket_batches)
+            epoch += 1
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.encoder.tokenize(texts)
+        if self.config.naive:  # full-length padding, as a naive loop would do
+            width = self.encoder.config.max_length
+            pad = width - batch["input_ids"].shape[1]
+            if pad > 0:
+                batch = {"input_ids": torch.nn.functional.pad(batch["input_ids"], (0, pad),
+                                                              value=self.encoder.tokenizer.pad_token_id),
+                         "attention_mask": torch.nn.functional.pad(batch["attention_mask"], (0, pad), value=0)}
+        return batch
+
+    def train_step(self, index: list[int]) -> dict[str, float]:
+        t0 = time.perf_counter()
+        p = self.pairs
+        texts = [p.text_a[i] for i in index] + [p.text_b[i] for i in index]
+        batch = self._tokenize(texts)
+        teacher = p.teacher_matrix(index)
+        labels = torch.as_tensor(p.labels[index], dtype=torch.float32)
+        keep = torch.as_tensor(p.keep[index], dtype=torch.bool)
+        t1 = time.perf_counter()
+        self.encoder.train()
+        self.encoder._stop_early = not self.config.naive
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            z = self.encoder(**batch)
+        z = z.float()
+        parts = self.loss(z[: len(index)], z[len(index):], teacher, labels, keep)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        params = [q for group in self.optimizer.param_groups for q in group["params"]]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
+        torch.nn.utils.clip_grad_value_(params, self.config.clip_value)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.encoder._stop_early = True
+        t2 = time.perf_counter()
+        self.data_seconds += t1 - t0
+        self.compute_seconds += t2 - t1
+        out = {f"loss/{k}": float(v.detach()) for k, v in parts.items()}
+        out.update({"lr": lr, "grad_norm": grad_norm, "pairs_per_s": len(index) / (t2 - t0),
+                    "tokens": float(batch["attention_mask"].sum()), "padded_tokens": float(batch["input_ids"].numel())})
+        return out
+
+    def train(self, until_step: int | None = None) -> dict[str, float]:
+        """Run to ``total_steps`` (or ``until_step``); returns the last step's metrics plus totals."""
+        end = min(self.total_steps, until_step or self.total_steps)
+        stream = self.batches()
+        for _ in range(self.step):  # resume at the same data position
+            next(stream)
+        last: dict[str, float] = {}
+        start = time.perf_counter()
+        pairs_seen = 0
+        with tqdm(total=end, initial=self.step, desc="train", unit="step", disable=not self.show_progress) as bar:
+            while self.step < end:
+                index = next(stream)
+                last = self.train_step(index)
+                self.step += 1
+                pairs_seen += len(index)
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss/total']:.4f}")
+                if self.on_step and (self.step % self.config.log_every == 0 or self.step == end):
+                    self.on_step(self.step, last)
+        elapsed = time.perf_counter() - start
+        last["train_seconds"] = elapsed
+        last["train_pairs_per_s"] = pairs_seen / elapsed if elapsed > 0 else 0.0
+        total = self.data_seconds + self.compute_seconds
+        last["data_share"] = self.data_seconds / total if total else 0.0
+        return last

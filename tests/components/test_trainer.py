@@ -1,0 +1,74 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from components.composite_loss import FlipKDLoss, LossConfig
+from components.lora_encoder import EncoderConfig, LoraEncoder
+from components.trainer import TrainConfig, Trainer, TrainingPairs, bucketed_batches, warmup_linear
+from tests.tiny_models import random_texts, tiny_llama, tiny_tokenizer
+
+
+def tiny_pairs(n=16, seed=0):
+    a = random_texts(n, seed=seed)
+    b = [t if i % 2 == 0 else random_texts(1, seed=seed + 100 + i)[0] for i, t in enumerate(a)]
+    labels = np.array([1.0 if i % 2 == 0 else 0.0 for i in range(n)])
+    rng = np.random.default_rng(seed)
+    ta = rng.normal(size=(n, 8)).astype(np.float32)
+    ta /= np.linalg.norm(ta, axis=1, keepdims=True)
+    tb = np.where(labels[:, None] > 0, ta, -ta)
+    return TrainingPairs(a, b, labels, ta, tb, lambda c: (c + 1) / 2, np.ones(n, dtype=bool))
+
+
+def test_bucketed_batches_cover_everything_once_and_group_lengths():
+    lengths = [random.Random(i).randint(1, 100) for i in range(103)]
+    batches = bucketed_batches(lengths, 8, random.Random(0), bucket_batches=50)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(103))
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
+    assert spread < 15  # random batches of 8 from U(1, 100) spread by about 70
+
+
+def test_warmup_then_linear_decay():
+    f = warmup_linear(100, 0.05)
+    assert [round(f(s), 3) for s in (0, 4, 5, 99)] == [0.2, 1.0, 1.0, round(1 / 95, 3)]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_steps_lower_the_loss(tiny_lm, precision):
+    model, tok = tiny_lm
+    enc = LoraEncoder(model, tok, EncoderConfig(rank=8, alpha=16, dropout=0.0, layer=1))
+    loss = FlipKDLoss(LossConfig())
+    pairs = tiny_pairs()
+    trainer = Trainer(enc, loss, pairs, TrainConfig(learning_rate=5e-3, batch_size=16, max_steps=12, warmup_ratio=0,
+                                                     precision=precision), show_progress=False)
+    seen = []
+    trainer.on_step = lambda step, m: seen.append(m["loss/total"])
+    trainer.train()
+    assert len(seen) == 12 and seen[-1] < seen[0]
+    assert trainer.step == 12
+
+
+def test_same_seed_same_result():
+    def run():
+        torch.manual_seed(0)
+        enc = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, dropout=0.0))
+        t = Trainer(enc, FlipKDLoss(), tiny_pairs(), TrainConfig(learning_rate=1e-3, batch_size=4, max_steps=3,
+                                                                 precision="fp32"), show_progress=False)
+        return t.train()["loss/total"]
+    assert run() == run()
+
+
+def test_no_pairs_is_a_clear_error(tiny_lm):
+    model, tok = tiny_lm
+    empty = TrainingPairs([], [], np.zeros(0), np.zeros((0, 4)), np.zeros((0, 4)), lambda c: c, np.zeros(0, bool))
+    with pytest.raises(ValueError, match="no training pairs"):
+        Trainer(LoraEncoder(model, tok, EncoderConfig(rank=4)), FlipKDLoss(), empty, TrainConfig())
+
+
+@pytest.mark.parametrize("kwargs,match", [({"learning_rate": -1}, "learning_rate"), ({"batch_size": 0}, "batch_size"),
+                                          ({"precision": "fp16"}, "precision"), ({"warmup_ratio": 1.0}, "warmup")])
+def test_bad_train_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
