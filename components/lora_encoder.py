@@ -188,6 +188,14 @@ class LoraEncoder(nn.Module):
             self.train(was_training)
         return out
 
+    def score_pairs(self, text_a: Sequence[str], text_b: Sequence[str], batch_size: int = 32,
+                    show_progress: bool = False) -> torch.Tensor:
+        """s = cos(z_a, z_b) per pair; each distinct text is encoded once."""
+        texts = list(dict.fromkeys([*text_a, *text_b]))
+        z = self.encode(texts, batch_size=batch_size, show_progress=show_progress)
+        index = {t: i for i, t in enumerate(texts)}
+        return (z[[index[t] for t in text_a]] * z[[index[t] for t in text_b]]).sum(-1)
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.model.parameters() if p.requires_grad)
 

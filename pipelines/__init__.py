@@ -1,0 +1,1 @@
+"""flipkd pipelines: one module per MLproject entry point (options -> components -> MLflow)."""

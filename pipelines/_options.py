@@ -1,0 +1,36 @@
+"""Click option helpers: every option also answers to its underscore spelling.
+
+``mlflow run . -P w_sup=2`` passes an undeclared parameter as ``--w_sup 2``; the same option is
+``--w-sup 2`` on the command line. Both reach the same Python name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+POSITIVE = click.FloatRange(min=0, min_open=True)
+UNIT = click.FloatRange(0.0, 1.0)
+
+
+def option(name: str, *more: str, **kwargs) -> Callable:
+    names = [name, *more]
+    alias = "--" + name[2:].replace("-", "_")
+    if name.startswith("--") and "/" not in name and alias not in names:
+        names.append(alias)
+    kwargs.setdefault("show_default", True)
+    return click.option(*names, **kwargs)
+
+
+def common_options(func: Callable) -> Callable:
+    """Options every entry point has: experiment, seed, cache folder, progress bars."""
+    for opt in reversed([
+        option("--experiment", default="flipkd", help="MLflow experiment (ignored under `mlflow run`, which sets it)."),
+        option("--seed", type=int, default=0, help="Seed of data splits, shuffling and initialisation."),
+        option("--cache-dir", type=click.Path(file_okay=False), default=None,
+               help="Cache of converted models and teacher embeddings (default $FLIPKD_CACHE_DIR or ~/.cache/flipkd)."),
+        option("--progress/--no-progress", default=True, help="Progress bars on long work."),
+    ]):
+        func = opt(func)
+    return func

@@ -1,0 +1,257 @@
+"""``train``: the student with the composite loss of METHOD.md, tracked in MLflow.
+
+With no options it trains the packaged SmolLM2-135M student, taught by the packaged MiniLM teacher, on
+the embedded demo FAQ data, evaluates it on dev and test, and prints where to look.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
+from components.lora_encoder import EncoderConfig, LoraEncoder
+from components.models import STUDENT_DEFAULT, TEACHER_DEFAULT, cache_root, load_student, resolve_student
+from components.noise_filter import DualThresholdFilter
+from components.teacher import TeacherScorer
+from components.teacher_signal import TeacherSignal, compute_teacher_signal
+from components.trainer import TrainConfig, Trainer, TrainingPairs
+from pipelines import _mlflow, _plots
+from pipelines._data import data_options, load_splits, log_splits, with_data_args
+from pipelines._evaluation import evaluate_scores, log_pr_curves
+from pipelines._options import POSITIVE, UNIT, common_options, option
+
+ADAPTER_ARTIFACT = "student"
+
+
+def _parts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in value.split(",") if p.strip())
+    bad = [p for p in parts if p not in LOSS_PARTS]
+    if bad or not parts:
+        raise click.BadParameter(f"a comma-separated subset of {','.join(LOSS_PARTS)}; got {value!r}")
+    return parts
+
+
+def model_options(func):
+    for opt in reversed([
+        option("--student", default=STUDENT_DEFAULT,
+               help="Student LLM: 'smollm2-135m' (packaged), a local Hugging Face folder, or a cached hub id."),
+        option("--teacher", default=TEACHER_DEFAULT,
+               help="Teacher SLM: 'all-minilm-l6-v2' (packaged), a folder (e.g. the `teacher` step's output) "
+                    "or a cached hub id."),
+        option("--teacher-batch-size", type=click.IntRange(min=1), default=64, help="Texts per teacher forward."),
+        option("--teacher-max-length", type=click.IntRange(min=2), default=128, help="Teacher tokens per text."),
+    ]):
+        func = opt(func)
+    return func
+
+
+def filter_options(func):
+    for opt in reversed([
+        option("--delta-pos", type=UNIT, default=0.5,
+               help="Drop a labelled positive whose teacher score is below this."),
+        option("--delta-neg", type=UNIT, default=0.5,
+               help="Drop a labelled negative whose teacher score is above this; in-batch pairs above it are not "
+                    "used as negatives."),
+        option("--filter-scope", type=click.Choice(["teacher_terms", "all"]), default="teacher_terms",
+               help="Drop noisy pairs from the teacher-driven losses only, or from training altogether."),
+        option("--no-filter", is_flag=True, default=False, help="Keep every pair (ablation)."),
+    ]):
+        func = opt(func)
+    return func
+
+
+@dataclass
+class StudentRun:
+    encoder: LoraEncoder
+    signal: TeacherSignal
+    metrics: dict[str, float]
+    threshold: float
+
+
+def build_training_pairs(train: pd.DataFrame, signal: TeacherSignal, keep: np.ndarray) -> TrainingPairs:
+    split = signal.splits["train"]
+    return TrainingPairs(list(train["text_a"]), list(train["text_b"]), train["label"].to_numpy(np.float64),
+                         split.emb_a, split.emb_b, signal.calibrator, keep)
+
+
+def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str, cache_dir: str | None,
+                  encoder_config: EncoderConfig, loss_config: LossConfig, train_config: TrainConfig,
+                  filter_scope: str, no_filter: bool, teacher_batch_size: int = 64, teacher_max_length: int = 128,
+                  progress: bool = True, log: bool = True) -> StudentRun:
+    """Teacher signal -> noise filter -> student training -> evaluation; logs to the active MLflow run."""
+    torch.manual_seed(train_config.seed)
+    scorer = TeacherScorer(teacher, batch_size=teacher_batch_size, max_length=teacher_max_length,
+                           cache=cache_root(cache_dir) / "teacher_embeddings", show_progress=progress)
+    signal = compute_teacher_signal(scorer, splits)
+    train = splits["train"]
+    noise_filter = DualThresholdFilter(loss_config.delta_pos, loss_config.delta_neg, filter_scope)
+    keep, report = noise_filter(signal.scores("train"), train["match"].to_numpy(), ids=list(train["pair_id"]))
+    if no_filter:
+        keep = np.ones(len(train), dtype=bool)
+    examples = {rule: train.set_index("pair_id").loc[ids, ["text_a", "text_b", "label"]].reset_index()
+                .to_dict("records") for rule, ids in report.examples.items()}
+    click.echo(f"noise filter: {report.summary()}" + (" (ignored: --no-filter)" if no_filter else ""))
+    pairs = build_training_pairs(train, signal, keep)
+    if noise_filter.drops_from_training and not no_filter:
+        rows = np.flatnonzero(keep)
+        pairs = TrainingPairs([pairs.text_a[i] for i in rows], [pairs.text_b[i] for i in rows], pairs.labels[rows],
+                              pairs.teacher_a[rows], pairs.teacher_b[rows], pairs.calibrate, np.ones(len(rows), bool))
+    if log:
+        _mlflow.log_json({**report.to_dict(), "examples": examples, "ignored": no_filter}, "noise_filter_report.json")
+        _mlflow.log_json(signal.calibrator.to_dict(), "teacher_calibration.json")
+        mlflow.log_metrics({"filter_dropped": report.dropped, "filter_fraction_dropped": report.fraction_dropped,
+                            "filter_dropped_positive": report.dropped_positive_below_delta_pos,
+                            "filter_dropped_negative": report.dropped_negative_above_delta_neg,
+                            "teacher_cache_hits": scorer.cache_hits, "teacher_cache_misses": scorer.cache_misses})
+    click.echo(f"teacher: {scorer.cache_hits} cached embeddings reused, {scorer.cache_misses} texts encoded")
+
+    model, tokenizer = load_student(resolve_student(student, cache_dir))
+    encoder_config.extra = {**encoder_config.extra, "student": student, "teacher": str(teacher)}
+    encoder = LoraEncoder(model, tokenizer, encoder_config)
+    loss = FlipKDLoss(loss_config)
+    on_step = (lambda step, metrics: mlflow.log_metrics(metrics, step=step)) if log else None
+    trainer = Trainer(encoder, loss, pairs, train_config, on_step=on_step, show_progress=progress)
+    summary = trainer.train()
+    if log:
+        mlflow.log_metrics({k: summary[k] for k in ("train_seconds", "train_pairs_per_s", "data_share")})
+        mlflow.set_tag("flipkd.precision", trainer.precision)
+
+    eval_splits = {name: frame for name, frame in splits.items() if name != "train"}
+    student_scores = {name: encoder.score_pairs(list(f["text_a"]), list(f["text_b"]), show_progress=progress).numpy()
+                      for name, f in eval_splits.items()}
+    teacher_scores = {name: signal.splits[name].cosine for name in eval_splits}
+    metrics = evaluate_scores("student", student_scores, splits, log=log)
+    metrics.update({f"teacher_{k}": v for k, v in evaluate_scores("teacher", teacher_scores, splits, log=log).items()})
+    threshold = metrics.get("dev_threshold", metrics.get("test_threshold", 0.5))
+    encoder.config.threshold = float(threshold)
+    if log:
+        for split in eval_splits:
+            log_pr_curves({"student": (student_scores[split], splits[split]["match"].to_numpy()),
+                           "teacher": (teacher_scores[split], splits[split]["match"].to_numpy())}, split)
+            fig = _plots.similarity_histogram(signal.scores(split), splits[split]["match"].to_numpy(),
+                                              f"teacher score (calibrated), {split}")
+            mlflow.log_figure(fig, f"plots/teacher_calibrated_{split}.png")
+            _plots.close(fig)
+        with _mlflow.scratch_dir() as tmp:
+            encoder.save(tmp / ADAPTER_ARTIFACT)
+            _mlflow.log_folder(tmp / ADAPTER_ARTIFACT, ADAPTER_ARTIFACT)
+    return StudentRun(encoder, signal, metrics, float(threshold))
+
+
+def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfig]:
+    targets = o["target_modules"]
+    encoder = EncoderConfig(rank=o["rank"], alpha=o["lora_alpha"], dropout=o["lora_dropout"],
+                            target_modules=targets if targets == "all-linear" else targets.split(","),
+                            layer=o["layer"], module=o["module"], pooling=o["pooling"], max_length=o["max_length"])
+    loss = LossConfig(w_sup=o["w_sup"], w_dist=o["w_dist"], w_mcl=o["w_mcl"], parts=o["loss_parts"],
+                      sup_mode=o["sup_mode"], distill_mode=o["distill_mode"], margin=o["margin"],
+                      temperature=o["temperature"], margin_rule=o["margin_rule"], delta_pos=o["delta_pos"],
+                      delta_neg=o["delta_neg"], distill_temperature=o["distill_temperature"],
+                      distill_teacher_temperature=o["distill_teacher_temperature"])
+    train = TrainConfig(learning_rate=o["learning_rate"], weight_decay=o["weight_decay"],
+                        warmup_ratio=o["warmup_ratio"], clip_value=o["clip_value"], batch_size=o["batch_size"],
+                        epochs=o["epochs"],
+                        max_steps=o["max_steps"], seed=o["seed"], precision=o["precision"], naive=o["naive"],
+                        scalar_learning_rate=o["scalar_learning_rate"])
+    return encoder, loss, train
+
+
+def student_options(func):
+    """LoRA, representation, loss and optimiser options, with METHOD.md's defaults."""
+    for opt in reversed([
+        option("--rank", type=click.IntRange(min=1), default=32, help="LoRA rank r: the size of z = A x."),
+        option("--lora-alpha", type=POSITIVE, default=64.0, help="LoRA alpha (update scale alpha / r)."),
+        option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, help="LoRA dropout."),
+        option("--target-modules", default="all-linear", help="LoRA targets: 'all-linear' or a comma list."),
+        option("--layer", type=int, default=-1, help="Representation layer index (-1: the last block)."),
+        option("--module", default="q_proj", help="LoRA module whose A output is the representation."),
+        option("--pooling", type=click.Choice(["last", "mean"]), default="last", help="Sequence pooling of z."),
+        option("--max-length", type=click.IntRange(min=2), default=64, help="Student tokens per text."),
+        option("--loss-parts", default="sup,dist,mcl", callback=_parts,
+               help="Loss parts to train with (ablations: e.g. 'sup,dist' is without L_MCL)."),
+        option("--w-sup", type=click.FloatRange(min=0), default=1.0, help="Weight of L_sup."),
+        option("--w-dist", type=click.FloatRange(min=0), default=1.0, help="Weight of L_dist."),
+        option("--w-mcl", type=click.FloatRange(min=0), default=1.0, help="Weight of L_MCL."),
+        option("--sup-mode", type=click.Choice(["representation", "generative"]), default="representation",
+               help="L_sup on the pair cosine (BCE) or on the label word (decoder path)."),
+        option("--distill-mode", type=click.Choice(["mse", "kl"]), default="mse", help="Form of L_dist."),
+        option("--distill-temperature", type=POSITIVE, default=0.05, help="Student temperature of L_dist (kl)."),
+        option("--distill-teacher-temperature", type=POSITIVE, default=0.05, help="Teacher temperature (kl)."),
+        option("--margin", type=click.FloatRange(min=0), default=0.06, help="MCL angular margin m_c (radians)."),
+        option("--temperature", type=POSITIVE, default=0.05, help="MCL temperature tau (divides logits)."),
+        option("--margin-rule", type=click.Choice(["aware", "fixed", "none"]), default="aware",
+               help="MCL margin: teacher-aware (flipkd), fixed (ArcCSE-style) or none (InfoNCE)."),
+        option("--learning-rate", type=POSITIVE, default=3e-5, help="AdamW learning rate of the LoRA weights."),
+        option("--scalar-learning-rate", type=POSITIVE, default=1e-2, help="Learning rate of L_sup's scale and bias."),
+        option("--weight-decay", type=click.FloatRange(min=0), default=0.1, help="AdamW weight decay."),
+        option("--warmup-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.05, help="Warmup share."),
+        option("--clip-value", type=POSITIVE, default=1.0, help="Gradient clipping by value to [-c, c]."),
+        option("--batch-size", type=click.IntRange(min=1), default=16, help="Pairs per step."),
+        option("--epochs", type=POSITIVE, default=3.0, help="Passes over the training pairs."),
+        option("--max-steps", type=click.IntRange(min=0), default=0, help="Stop after this many steps (0: epochs)."),
+        option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+               help="auto = bf16 autocast where the CPU has native bf16, else fp32."),
+        option("--naive", is_flag=True, default=False,
+               help="Benchmark baseline only: full-length padding, full-depth forward, fp32."),
+    ]):
+        func = opt(func)
+    return func
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@data_options
+@model_options
+@student_options
+@filter_options
+@common_options
+@with_data_args
+@_mlflow.clean_errors
+def cli(data_args, **o) -> None:
+    """Train the flipped student: a LoRA-tuned LLM taught by a small expert encoder.
+
+    \b
+    With no options: the embedded demo FAQ data, the packaged SmolLM2-135M student and MiniLM teacher.
+    Logs the resolved config, per-step losses, dev/test metrics, plots, the noise-filter report, the teacher
+    calibration and the LoRA adapter (PEFT format) to MLflow (default store: sqlite:///mlflow.db).
+    """
+    encoder_config, loss_config, train_config = configs_from_options(o)
+    started = time.perf_counter()
+    with _mlflow.run("train", o["experiment"]) as active:
+        with _mlflow.scratch_dir() as work:
+            splits = load_splits(data_args, work, o["seed"])
+            log_splits(splits)
+            _mlflow.log_params({"data": data_args.__dict__, "student": o["student"], "teacher": o["teacher"],
+                                "encoder": encoder_config.to_dict(), "loss": loss_config.to_dict(),
+                                "train": train_config.to_dict(), "filter": {"scope": o["filter_scope"],
+                                                                            "disabled": o["no_filter"]}})
+            result = train_student(splits, student=o["student"], teacher=o["teacher"], cache_dir=o["cache_dir"],
+                                   encoder_config=encoder_config, loss_config=loss_config, train_config=train_config,
+                                   filter_scope=o["filter_scope"], no_filter=o["no_filter"],
+                                   teacher_batch_size=o["teacher_batch_size"],
+                                   teacher_max_length=o["teacher_max_length"], progress=o["progress"])
+        run_id = active.info.run_id
+        m = result.metrics
+    elapsed = time.perf_counter() - started
+    lines = [f"flipkd train finished in {elapsed:.0f} s (run {run_id})",
+             f"  student dev F1 {m['dev_f1']:.3f} at threshold {result.threshold:.3f}"
+             + (f"; test F1 {m['test_f1']:.3f}, AP {m['test_average_precision']:.3f}" if "test_f1" in m else ""),
+             f"  teacher dev F1 {m['teacher_dev_f1']:.3f}"
+             + (f"; test F1 {m['teacher_test_f1']:.3f}" if "teacher_test_f1" in m else ""),
+             f"  look: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (experiment {o['experiment']!r})",
+             f"  adapter: runs:/{run_id}/{ADAPTER_ARTIFACT}"]
+    click.echo("\n".join(lines))
+    Path("outputs").mkdir(exist_ok=True)
+    (Path("outputs") / "last_train.json").write_text(json.dumps({"run_id": run_id, **m}, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    cli()
