@@ -70,7 +70,8 @@ class FlipKDLoss(nn.Module):
         self.weights = {"sup": cfg.w_sup, "dist": cfg.w_dist, "mcl": cfg.w_mcl}
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
-                keep: torch.Tensor | None = None, label_logprobs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                keep: torch.Tensor | None = None,
+                label_logprobs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         cosine = cosine_matrix(z_a.float(), z_b.float())
         teacher = teacher.to(cosine.dtype)
         labels = torch.as_tensor(labels, dtype=cosine.dtype)

@@ -41,13 +41,17 @@ def setup_tracking(experiment: str | None = None) -> None:
     """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working folder."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
-    if experiment and not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+    if experiment and not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run fixes the experiment
         mlflow.set_experiment(experiment)
 
 
 @contextlib.contextmanager
 def run(name: str, experiment: str | None = DEFAULT_EXPERIMENT, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, under ``mlflow run``, resume) a run; a failure marks it FAILED, never left RUNNING."""
+    """Start (or, under ``mlflow run``, resume) a run; a failure marks it FAILED, never left RUNNING.
+
+    Inside an active run (the ``main`` chain) the new run is a nested child of it.
+    """
+    nested = nested or mlflow.active_run() is not None
     if not nested:
         setup_tracking(experiment)
     active = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") and not nested else name,

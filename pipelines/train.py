@@ -19,15 +19,14 @@ import torch
 
 from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
 from components.lora_encoder import EncoderConfig, LoraEncoder
-from components.models import STUDENT_DEFAULT, TEACHER_DEFAULT, cache_root, load_student, resolve_student
-from components.noise_filter import DualThresholdFilter
-from components.teacher import TeacherScorer
-from components.teacher_signal import TeacherSignal, compute_teacher_signal
+from components.models import STUDENT_DEFAULT, load_student, resolve_student
+from components.teacher_signal import TeacherSignal
 from components.trainer import TrainConfig, Trainer, TrainingPairs
-from pipelines import _mlflow, _plots
+from pipelines import _mlflow
 from pipelines._data import data_options, load_splits, log_splits, with_data_args
 from pipelines._evaluation import evaluate_scores, log_pr_curves
-from pipelines._options import POSITIVE, UNIT, common_options, option
+from pipelines._options import POSITIVE, common_options, option
+from pipelines.score import filter_options, score_and_filter, teacher_options
 
 ADAPTER_ARTIFACT = "student"
 
@@ -40,33 +39,9 @@ def _parts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
     return parts
 
 
-def model_options(func):
-    for opt in reversed([
-        option("--student", default=STUDENT_DEFAULT,
-               help="Student LLM: 'smollm2-135m' (packaged), a local Hugging Face folder, or a cached hub id."),
-        option("--teacher", default=TEACHER_DEFAULT,
-               help="Teacher SLM: 'all-minilm-l6-v2' (packaged), a folder (e.g. the `teacher` step's output) "
-                    "or a cached hub id."),
-        option("--teacher-batch-size", type=click.IntRange(min=1), default=64, help="Texts per teacher forward."),
-        option("--teacher-max-length", type=click.IntRange(min=2), default=128, help="Teacher tokens per text."),
-    ]):
-        func = opt(func)
-    return func
-
-
-def filter_options(func):
-    for opt in reversed([
-        option("--delta-pos", type=UNIT, default=0.5,
-               help="Drop a labelled positive whose teacher score is below this."),
-        option("--delta-neg", type=UNIT, default=0.5,
-               help="Drop a labelled negative whose teacher score is above this; in-batch pairs above it are not "
-                    "used as negatives."),
-        option("--filter-scope", type=click.Choice(["teacher_terms", "all"]), default="teacher_terms",
-               help="Drop noisy pairs from the teacher-driven losses only, or from training altogether."),
-        option("--no-filter", is_flag=True, default=False, help="Keep every pair (ablation)."),
-    ]):
-        func = opt(func)
-    return func
+def student_model_option(func):
+    return option("--student", default=STUDENT_DEFAULT,
+                  help="Student LLM: 'smollm2-135m' (packaged), a local Hugging Face folder, or a cached hub id.")(func)
 
 
 @dataclass
@@ -89,30 +64,19 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
                   progress: bool = True, log: bool = True) -> StudentRun:
     """Teacher signal -> noise filter -> student training -> evaluation; logs to the active MLflow run."""
     torch.manual_seed(train_config.seed)
-    scorer = TeacherScorer(teacher, batch_size=teacher_batch_size, max_length=teacher_max_length,
-                           cache=cache_root(cache_dir) / "teacher_embeddings", show_progress=progress)
-    signal = compute_teacher_signal(scorer, splits)
-    train = splits["train"]
-    noise_filter = DualThresholdFilter(loss_config.delta_pos, loss_config.delta_neg, filter_scope)
-    keep, report = noise_filter(signal.scores("train"), train["match"].to_numpy(), ids=list(train["pair_id"]))
+    scored = score_and_filter(splits, teacher=teacher, cache_dir=cache_dir, delta_pos=loss_config.delta_pos,
+                              delta_neg=loss_config.delta_neg, filter_scope=filter_scope,
+                              teacher_batch_size=teacher_batch_size, teacher_max_length=teacher_max_length,
+                              progress=progress, log=log)
+    signal, train = scored.signal, splits["train"]
+    keep = np.ones(len(train), dtype=bool) if no_filter else scored.keep
     if no_filter:
-        keep = np.ones(len(train), dtype=bool)
-    examples = {rule: train.set_index("pair_id").loc[ids, ["text_a", "text_b", "label"]].reset_index()
-                .to_dict("records") for rule, ids in report.examples.items()}
-    click.echo(f"noise filter: {report.summary()}" + (" (ignored: --no-filter)" if no_filter else ""))
+        click.echo("noise filter ignored (--no-filter): every pair is kept")
     pairs = build_training_pairs(train, signal, keep)
-    if noise_filter.drops_from_training and not no_filter:
+    if filter_scope == "all" and not no_filter:
         rows = np.flatnonzero(keep)
         pairs = TrainingPairs([pairs.text_a[i] for i in rows], [pairs.text_b[i] for i in rows], pairs.labels[rows],
                               pairs.teacher_a[rows], pairs.teacher_b[rows], pairs.calibrate, np.ones(len(rows), bool))
-    if log:
-        _mlflow.log_json({**report.to_dict(), "examples": examples, "ignored": no_filter}, "noise_filter_report.json")
-        _mlflow.log_json(signal.calibrator.to_dict(), "teacher_calibration.json")
-        mlflow.log_metrics({"filter_dropped": report.dropped, "filter_fraction_dropped": report.fraction_dropped,
-                            "filter_dropped_positive": report.dropped_positive_below_delta_pos,
-                            "filter_dropped_negative": report.dropped_negative_above_delta_neg,
-                            "teacher_cache_hits": scorer.cache_hits, "teacher_cache_misses": scorer.cache_misses})
-    click.echo(f"teacher: {scorer.cache_hits} cached embeddings reused, {scorer.cache_misses} texts encoded")
 
     model, tokenizer = load_student(resolve_student(student, cache_dir))
     encoder_config.extra = {**encoder_config.extra, "student": student, "teacher": str(teacher)}
@@ -137,10 +101,6 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         for split in eval_splits:
             log_pr_curves({"student": (student_scores[split], splits[split]["match"].to_numpy()),
                            "teacher": (teacher_scores[split], splits[split]["match"].to_numpy())}, split)
-            fig = _plots.similarity_histogram(signal.scores(split), splits[split]["match"].to_numpy(),
-                                              f"teacher score (calibrated), {split}")
-            mlflow.log_figure(fig, f"plots/teacher_calibrated_{split}.png")
-            _plots.close(fig)
         with _mlflow.scratch_dir() as tmp:
             encoder.save(tmp / ADAPTER_ARTIFACT)
             _mlflow.log_folder(tmp / ADAPTER_ARTIFACT, ADAPTER_ARTIFACT)
@@ -209,13 +169,15 @@ def student_options(func):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @data_options
-@model_options
+@student_model_option
+@teacher_options
 @student_options
 @filter_options
+@option("--no-filter", is_flag=True, default=False, help="Keep every pair (ablation without the noise filter).")
 @common_options
 @with_data_args
 @_mlflow.clean_errors
-def cli(data_args, **o) -> None:
+def cli(data_args, **o) -> dict:
     """Train the flipped student: a LoRA-tuned LLM taught by a small expert encoder.
 
     \b
@@ -251,6 +213,7 @@ def cli(data_args, **o) -> None:
     click.echo("\n".join(lines))
     Path("outputs").mkdir(exist_ok=True)
     (Path("outputs") / "last_train.json").write_text(json.dumps({"run_id": run_id, **m}, indent=2, default=float))
+    return {"run_id": run_id, **m}
 
 
 if __name__ == "__main__":

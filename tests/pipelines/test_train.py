@@ -1,0 +1,99 @@
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipelines import evaluate, train
+
+FAST = ["--max-steps", "3", "--rank", "4", "--lora-alpha", "8", "--batch-size", "8", "--max-length", "16",
+        "--precision", "fp32"]
+
+
+def run_ids(client):
+    exp = client.get_experiment_by_name("t")
+    return [r.info.run_id for r in client.search_runs([exp.experiment_id])] if exp else []
+
+
+def test_train_logs_everything_a_run_needs(mlflow_env, tiny_model_args):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--w-dist", "2.5", "--margin-rule", "fixed"])
+    assert result.exit_code == 0, result.output
+    assert "look: mlflow ui" in result.output
+    (run_id,) = run_ids(mlflow_env)
+    run = mlflow_env.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    # the resolved config, named as in METHOD.md
+    assert params["loss.w_dist"] == "2.5" and params["loss.margin_rule"] == "fixed"
+    assert params["loss.delta_pos"] == "0.5" and params["encoder.rank"] == "4"
+    assert params["train.learning_rate"] == "3e-05" and params["train.seed"] == "0"
+    # per-step metrics: every loss part, lr, gradient norm, throughput
+    for key in ("loss/total", "loss/sup", "loss/dist", "loss/mcl", "lr", "grad_norm", "pairs_per_s"):
+        history = mlflow_env.get_metric_history(run_id, key)
+        assert [m.step for m in history] == [1, 2, 3], key
+    metrics = run.data.metrics
+    for key in ("f1", "precision", "recall", "accuracy", "roc_auc", "average_precision", "threshold"):
+        assert f"student/dev_{key}" in metrics and f"student/test_{key}" in metrics
+    assert "filter_fraction_dropped" in metrics and "teacher_cache_misses" in metrics
+    # tags for reproducibility
+    tags = run.data.tags
+    assert len(tags["flipkd.data_fingerprint"]) == 16
+    assert tags["flipkd.git_commit"] and tags["flipkd.version.torch"].startswith("2.")
+    # artifacts: reports, plots, the adapter in PEFT format with the encoder JSON
+    files = {a.path for a in mlflow_env.list_artifacts(run_id)}
+    assert {"noise_filter_report.json", "teacher_calibration.json", "plots", "student"} <= files
+    plots = {a.path for a in mlflow_env.list_artifacts(run_id, "plots")}
+    assert {"plots/student_dev_similarity.png", "plots/teacher_dev_similarity.png",
+            "plots/precision_recall_dev.png", "plots/teacher_calibrated_train.png"} <= plots
+    adapter = {a.path for a in mlflow_env.list_artifacts(run_id, "student")}
+    assert {"student/adapter_config.json", "student/adapter_model.safetensors",
+            "student/flipkd_encoder.json"} <= adapter
+    report = json.loads(Path(mlflow_env.download_artifacts(run_id, "noise_filter_report.json")).read_text())
+    assert report["pairs_seen"] == int(metrics["data_train_pairs"])
+    # dataset lineage
+    assert {d.tags[0].value for d in run.inputs.dataset_inputs} == {"train", "dev", "test"}
+
+
+def test_second_train_reuses_every_teacher_embedding(mlflow_env, tiny_model_args):
+    runner = CliRunner()
+    assert runner.invoke(train.cli, tiny_model_args + FAST).exit_code == 0
+    second = runner.invoke(train.cli, tiny_model_args + FAST + ["--seed", "1"])
+    assert second.exit_code == 0, second.output
+    assert "0 texts encoded" in second.output
+    latest = mlflow_env.get_run(run_ids(mlflow_env)[0])
+    assert latest.data.metrics["teacher_cache_misses"] == 0 and latest.data.metrics["teacher_cache_hits"] > 0
+
+
+def test_evaluate_a_trained_run(mlflow_env, tiny_model_args):
+    trained = CliRunner().invoke(train.cli, tiny_model_args + FAST)
+    assert trained.exit_code == 0, trained.output
+    train_run = run_ids(mlflow_env)[0]
+    stored = mlflow_env.get_run(train_run).data.metrics
+    result = CliRunner().invoke(evaluate.cli, ["--model", train_run, "--no-progress", "--experiment", "t"])
+    assert result.exit_code == 0, result.output
+    eval_run = run_ids(mlflow_env)[0]
+    metrics = mlflow_env.get_run(eval_run).data.metrics
+    # the same adapter, threshold and data give the same dev F1 as at the end of training
+    assert metrics["student/dev_f1"] == pytest.approx(stored["student/dev_f1"], abs=1e-6)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (["--learning-rate", "-1"], "learning-rate"),
+    (["--delta-pos", "1.5"], "delta-pos"),
+    (["--rank", "0"], "rank"),
+    (["--loss-parts", "sup,kd"], "loss-parts"),
+    (["--label-range", "5,0"], "label-range"),
+])
+def test_bad_option_is_exit_2(mlflow_env, tiny_model_args, bad, match):
+    result = CliRunner().invoke(train.cli, tiny_model_args + bad)
+    assert result.exit_code == 2
+    assert match in result.output
+    assert run_ids(mlflow_env) == []  # rejected before any run starts
+
+
+def test_layer_beyond_the_model_fails_cleanly(mlflow_env, tiny_model_args):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--layer", "7"])
+    assert result.exit_code == 2, result.output
+    assert "layer 7 is out of range" in result.output and "Traceback" not in result.output
+    (run_id,) = run_ids(mlflow_env)
+    assert mlflow_env.get_run(run_id).info.status == "FAILED"
