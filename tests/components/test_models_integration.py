@@ -80,3 +80,51 @@ def test_teacher_ranks_a_paraphrase_above_an_unrelated_pair(teacher_dir, tmp_pat
     again = TeacherScorer("all-minilm-l6-v2", cache=tmp_path, show_progress=False)
     np.testing.assert_allclose(again.pair_cosine([PARAPHRASE[0]], [PARAPHRASE[1]]), cosine[:1], atol=1e-6)
     assert again.cache_misses == 0 and again.cache_hits == 2
+
+
+def real_pairs(n: int = 8):
+    """n real pairs: STS Benchmark train (match = score >= 4) when ../shared/data is here, else the demo data."""
+    sts = Path(__file__).resolve().parents[3] / "shared" / "data" / "stsbenchmark" / "sts-train.csv"
+    if sts.is_file():
+        rows = [line.split("\t") for line in sts.read_text(encoding="utf-8").splitlines()[:200]]
+        pos = [(r[5], r[6].strip(), 1.0) for r in rows if float(r[4]) >= 4.0][: n // 2]
+        neg = [(r[5], r[6].strip(), 0.0) for r in rows if float(r[4]) <= 1.0][: n - len(pos)]
+        pairs = [p for pair in zip(pos, neg, strict=False) for p in pair]
+    else:
+        from components.demo_data import demo_pairs
+
+        frame = demo_pairs().head(n)
+        pairs = list(zip(frame.text_a, frame.text_b, frame.label, strict=True))
+    return [p[0] for p in pairs], [p[1] for p in pairs], torch.tensor([p[2] for p in pairs])
+
+
+def test_student_encodes_real_texts_and_five_steps_lower_the_composite_loss(student_dir, teacher_dir, tmp_path):
+    from components.composite_loss import FlipKDLoss
+    from components.lora_encoder import EncoderConfig, LoraEncoder
+
+    text_a, text_b, labels = real_pairs(8)
+    teacher = TeacherScorer(teacher_dir, cache=tmp_path, show_progress=False)
+    t = torch.from_numpy((teacher.cosine_matrix(text_a, text_b) + 1) / 2).float()
+    model, tokenizer = load_student(student_dir)
+    torch.manual_seed(0)
+    encoder = LoraEncoder(model, tokenizer, EncoderConfig(rank=16, dropout=0.0))
+    z = encoder.encode(text_a[:3])
+    assert z.shape == (3, 16) and torch.isfinite(z).all()
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(3))
+    loss_fn = FlipKDLoss()
+    optimizer = torch.optim.AdamW([*encoder.trainable_parameters(), *loss_fn.parameters()], lr=1e-3)
+
+    def total() -> torch.Tensor:
+        out = encoder(**encoder.tokenize(text_a + text_b))
+        return loss_fn(out[:8], out[8:], t, labels)["total"]
+
+    encoder.train()
+    first = total()
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = total()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = total()
+    assert after < first, (float(first), float(after))
