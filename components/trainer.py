@@ -7,8 +7,9 @@ score), and the composite loss of :mod:`components.composite_loss` is minimised 
 warmup over ``warmup_ratio`` of the steps then linear decay, and gradient clipping by value.
 
 Batches are length-bucketed (pairs of similar length share a batch, so padding is small); batch order
-is still random. ``naive=True`` turns every speed choice off (full-length padding, full-depth forward,
-fp32) and exists only so the throughput benchmark can show the ratio.
+is still random. ``naive=True`` turns the speed choices off (full-length padding, full-depth forward,
+fp32) but keeps the same batches, so its results match the default loop's and the throughput benchmark
+can show the ratio alone.
 """
 
 from __future__ import annotations
@@ -115,12 +116,6 @@ def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, bu
     return batches
 
 
-def plain_batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
-    order = list(range(n))
-    rng.shuffle(order)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-
-
 def warmup_linear(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
     warmup = max(1, math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
 
@@ -163,10 +158,7 @@ class Trainer:
         epoch = 0
         while True:
             rng = random.Random(self.config.seed * 1_000_003 + epoch)
-            if self.config.naive:
-                yield from plain_batches(len(self.pairs), self.config.batch_size, rng)
-            else:
-                yield from bucketed_batches(self._lengths, self.config.batch_size, rng, self.config.bucket_batches)
+            yield from bucketed_batches(self._lengths, self.config.batch_size, rng, self.config.bucket_batches)
             epoch += 1
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:

@@ -72,3 +72,45 @@ def test_no_pairs_is_a_clear_error(tiny_lm):
 def test_bad_train_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_naive_loop_computes_the_same_steps():
+    """Full-length padding and full-depth forward change the cost, not the result."""
+    def run(naive):
+        torch.manual_seed(0)
+        enc = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, dropout=0.0, layer=1, max_length=16))
+        seen = []
+        t = Trainer(enc, FlipKDLoss(), tiny_pairs(), TrainConfig(learning_rate=1e-3, batch_size=4, max_steps=4,
+                                                                 precision="bf16", naive=naive),
+                    on_step=lambda s, m: seen.append((m["loss/total"], m["padded_tokens"])), show_progress=False)
+        t.train()
+        return seen, t.precision
+    fast, fast_precision = run(False)
+    naive, naive_precision = run(True)
+    assert naive_precision == "fp32" and fast_precision == "bf16"
+    assert all(n_pad > f_pad for (_, f_pad), (_, n_pad) in zip(fast, naive, strict=True))
+
+
+def test_naive_and_default_fp32_losses_agree():
+    def run(naive):
+        torch.manual_seed(0)
+        enc = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, dropout=0.0, layer=1, max_length=16))
+        seen = []
+        Trainer(enc, FlipKDLoss(), tiny_pairs(), TrainConfig(learning_rate=1e-3, batch_size=4, max_steps=4,
+                                                             precision="fp32", naive=naive),
+                on_step=lambda s, m: seen.append(m["loss/total"]), show_progress=False).train()
+        return seen
+    np.testing.assert_allclose(run(False), run(True), rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_loss_matches_fp32_within_tolerance():
+    """bf16 autocast is an option where the CPU supports it; its loss stays within 2% of fp32."""
+    pairs = tiny_pairs()
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        enc = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, dropout=0.0, layer=1))
+        t = Trainer(enc, FlipKDLoss(), pairs, TrainConfig(batch_size=16, max_steps=1, precision=precision),
+                    show_progress=False)
+        losses[precision] = t.train_step(list(range(16)))["loss/total"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
