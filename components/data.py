@@ -444,7 +444,8 @@ def _check_range(labels: np.ndarray, rows: list[int], spec: DataSpec, name: str,
     if outside.size:
         k = int(outside[0])
         raise DataError(f"label {_num(labels[k])} is outside the declared range [{_num(lo)}, {_num(hi)}] "
-                        f"(declare the range with {RANGE_OPTION} LO HI)", file=name, row=rows[k], field=column)
+                        f"(declare the range with {RANGE_OPTION} LO,HI, e.g. {RANGE_OPTION} 0,5)",
+                        file=name, row=rows[k], field=column)
 
 
 def _parse_match(value: Any, name: str, row: int) -> int:

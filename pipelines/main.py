@@ -75,7 +75,7 @@ def cli(data_args, **o) -> dict:
         evaluated = evaluate_step.cli.main(splits + ["--model", f"runs:/{trained['run_id']}/student"] + common,
                                            standalone_mode=False)
         final = {k: v for k, v in evaluated.items() if k != "run_id"}
-        _mlflow.log_metrics(final)
+        _mlflow.log_metrics(final, prefix="student/")  # same names as the train and evaluate runs
         mlflow.set_tag("flipkd.train_run_id", trained["run_id"])
         click.echo(f"main finished (parent run {parent.info.run_id}): student test F1 "
                    f"{final.get('test_f1', float('nan')):.3f}, teacher (fine-tuned) dev F1 {taught['dev_f1']:.3f}")
