@@ -52,6 +52,10 @@ class EncoderConfig:
     append_eos: bool = True
     instruction: str = ""
     threshold: float = 0.5
+    pair_prompt: str = ("Do these two texts ask for the same thing?\nText 1: {text_a}\nText 2: {text_b}\n"
+                        "Answer yes or no:")
+    label_words: tuple[str, str] = (" no", " yes")
+    joint_threshold: float = 0.5
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -65,9 +69,14 @@ class EncoderConfig:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        self.label_words = tuple(self.label_words)
+        if "{text_a}" not in self.pair_prompt or "{text_b}" not in self.pair_prompt:
+            raise ValueError("pair_prompt must contain {text_a} and {text_b}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["label_words"] = list(self.label_words)
+        return out
 
 
 class _StopForward(Exception):
@@ -196,6 +205,63 @@ class LoraEncoder(nn.Module):
         index = {t: i for i, t in enumerate(texts)}
         return (z[[index[t] for t in text_a]] * z[[index[t] for t in text_b]]).sum(-1)
 
+    # ----------------------------------------------------------------- joint scoring (decoder path)
+    def label_token_ids(self) -> list[int]:
+        """Token ids of the ("no", "yes") label words: each must be a single token."""
+        ids = []
+        for word in self.config.label_words:
+            tokens = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+            if len(tokens) != 1:
+                raise ValueError(f"label word {word!r} is {len(tokens)} tokens for this tokenizer; pick one-token "
+                                 "words (e.g. ' yes' / ' no')")
+            ids.append(tokens[0])
+        return ids
+
+    def tokenize_pairs(self, text_a: Sequence[str], text_b: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The fixed pair prompt, each text truncated to ``max_length`` tokens, left-padded (answer position last)."""
+        cfg = self.config
+        head, rest = cfg.pair_prompt.split("{text_a}")
+        middle, tail = rest.split("{text_b}")
+        parts = [self.tokenizer(list(x), add_special_tokens=False, truncation=True, max_length=cfg.max_length)
+                 ["input_ids"] for x in (text_a, text_b)]
+        fixed = [self.tokenizer(x, add_special_tokens=False)["input_ids"] for x in (head, middle, tail)]
+        rows = [fixed[0] + a + fixed[1] + b + fixed[2] for a, b in zip(*parts, strict=True)]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row):] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    def label_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[N, 2] = (log p(no), log p(yes)) over the full vocabulary at the answer position; differentiable."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        self._stop_early = False
+        try:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        finally:
+            self._stop_early, self._captured = True, None
+        return torch.log_softmax(logits, dim=-1)[:, self.label_token_ids()]
+
+    @torch.inference_mode()
+    def joint_scores(self, text_a: Sequence[str], text_b: Sequence[str], batch_size: int = 16,
+                     show_progress: bool = False) -> torch.Tensor:
+        """P("yes" | pair prompt), renormalised over the two label words: the two texts read jointly."""
+        was_training = self.training
+        self.eval()
+        out = torch.empty(len(text_a))
+        try:
+            for start in tqdm(range(0, len(text_a), batch_size), desc="joint scoring", disable=not show_progress,
+                              unit="batch"):
+                end = start + batch_size
+                logp = self.label_logprobs(**self.tokenize_pairs(text_a[start:end], text_b[start:end]))
+                out[start:end] = torch.softmax(logp, dim=-1)[:, 1]
+        finally:
+            self.train(was_training)
+        return out
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.model.parameters() if p.requires_grad)
 
@@ -248,7 +314,8 @@ def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Te
     idx = torch.arange(length, device=attention_mask.device)
     causal = idx.view(1, length) <= idx.view(length, 1)
     allowed = causal.unsqueeze(0) & attention_mask.bool().unsqueeze(1)
-    allowed = allowed | torch.eye(length, dtype=torch.bool, device=attention_mask.device).unsqueeze(0)
+    # the diagonal by comparison, not torch.eye: a boolean EyeLike has no ONNX Runtime kernel
+    allowed = allowed | (idx.view(1, length) == idx.view(length, 1)).unsqueeze(0)
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
 

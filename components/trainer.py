@@ -14,6 +14,7 @@ can show the ratio alone.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -45,6 +46,7 @@ class TrainConfig:
     bucket_batches: int = 50
     naive: bool = False
     log_every: int = 1
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -59,6 +61,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.clip_value <= 0:
             raise ValueError(f"clip_value must be > 0, got {self.clip_value}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0: off), got {self.checkpoint_every}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,17 +132,23 @@ def warmup_linear(total_steps: int, warmup_ratio: float) -> Callable[[int], floa
 
 
 StepCallback = Callable[[int, dict[str, float]], None]
+CheckpointCallback = Callable[[int], None]
 
 
 class Trainer:
-    """Trains ``encoder`` with ``loss`` on ``pairs``; ``on_step(step, metrics)`` receives every logged step."""
+    """Trains ``encoder`` with ``loss`` on ``pairs``; ``on_step(step, metrics)`` receives every logged step.
+
+    ``on_checkpoint(step)`` is called every ``config.checkpoint_every`` steps and after the last step (never
+    when ``checkpoint_every`` is 0), right after ``on_step``; it typically saves :meth:`state_dict`.
+    """
 
     def __init__(self, encoder: LoraEncoder, loss: FlipKDLoss, pairs: TrainingPairs, config: TrainConfig,
-                 on_step: StepCallback | None = None, show_progress: bool = True) -> None:
+                 on_step: StepCallback | None = None, show_progress: bool = True,
+                 on_checkpoint: CheckpointCallback | None = None) -> None:
         if len(pairs) == 0:
             raise ValueError("no training pairs left (did the noise filter drop them all?)")
         self.encoder, self.loss, self.pairs, self.config = encoder, loss, pairs, config
-        self.on_step, self.show_progress = on_step, show_progress
+        self.on_step, self.show_progress, self.on_checkpoint = on_step, show_progress, on_checkpoint
         self.precision = "fp32" if config.naive else resolve_precision(config.precision)
         self.steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
         self.total_steps = config.max_steps or max(1, round(self.steps_per_epoch * config.epochs))
@@ -153,6 +163,62 @@ class Trainer:
         self.compute_seconds = 0.0
         self._lengths = [max(len(a), len(b)) for a, b in zip(pairs.text_a, pairs.text_b, strict=True)]
 
+    # ----------------------------------------------------------------- resumable state
+    def trained_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Every parameter the optimiser updates, in optimiser order: ``encoder.<name>``, ``loss.<name>``."""
+        names = {id(p): f"encoder.{n}" for n, p in self.encoder.model.named_parameters() if p.requires_grad}
+        names.update({id(p): f"loss.{n}" for n, p in self.loss.named_parameters()})
+        return {names[id(p)]: p for group in self.optimizer.param_groups for p in group["params"]}
+
+    def state_dict(self) -> dict:
+        """A snapshot (tensors are copies) of everything the next step depends on.
+
+        Keys: ``step`` (data position), ``parameters`` {name: tensor}, ``parameter_names`` (optimiser order),
+        ``optimizer`` and ``scheduler`` (their torch state dicts), ``rng`` (global ``torch`` CPU state,
+        ``python`` and ``numpy`` states: LoRA dropout draws from torch's), ``timing``.
+        """
+        params = self.trained_parameters()
+        optimizer = self.optimizer.state_dict()
+        optimizer = {"state": {i: {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in s.items()}
+                               for i, s in optimizer["state"].items()},
+                     "param_groups": copy.deepcopy(optimizer["param_groups"])}
+        return {"step": self.step, "total_steps": self.total_steps,
+                "parameters": {name: p.detach().clone() for name, p in params.items()},
+                "parameter_names": list(params), "optimizer": optimizer,
+                "scheduler": copy.deepcopy(self.scheduler.state_dict()),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+                "timing": {"data_seconds": self.data_seconds, "compute_seconds": self.compute_seconds}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output: the next :meth:`train` continues exactly where it stopped."""
+        params = self.trained_parameters()
+        if list(state["parameter_names"]) != list(params):
+            missing = sorted(set(params) - set(state["parameter_names"]))
+            extra = sorted(set(state["parameter_names"]) - set(params))
+            raise ValueError(f"the saved training state is for other trainable parameters (model or LoRA settings "
+                             f"differ): {len(missing)} missing, e.g. {missing[:2]}; {len(extra)} unknown, "
+                             f"e.g. {extra[:2]}")
+        if int(state["total_steps"]) != self.total_steps:
+            raise ValueError(f"the saved training state is for a {state['total_steps']}-step schedule, "
+                             f"this trainer runs {self.total_steps} steps")
+        with torch.no_grad():
+            for name, p in params.items():
+                value = state["parameters"][name]
+                if value.shape != p.shape:
+                    raise ValueError(f"saved parameter {name} has shape {tuple(value.shape)}, "
+                                     f"expected {tuple(p.shape)}")
+                p.copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        self.step = int(state["step"])
+        self.data_seconds = float(state["timing"]["data_seconds"])
+        self.compute_seconds = float(state["timing"]["compute_seconds"])
+
+    # ----------------------------------------------------------------- training
     def batches(self) -> Iterator[list[int]]:
         """Endless stream of batches, epoch after epoch, seeded."""
         epoch = 0
@@ -183,10 +249,14 @@ class Trainer:
         t1 = time.perf_counter()
         self.encoder.train()
         self.encoder._stop_early = not self.config.naive
+        label_logprobs = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             z = self.encoder(**batch)
+            if self.loss.config.sup_mode == "generative":  # L_sup through the decoder path
+                label_logprobs = self.encoder.label_logprobs(**self.encoder.tokenize_pairs(
+                    [p.text_a[i] for i in index], [p.text_b[i] for i in index]))
         z = z.float()
-        parts = self.loss(z[: len(index)], z[len(index):], teacher, labels, keep)
+        parts = self.loss(z[: len(index)], z[len(index):], teacher, labels, keep, label_logprobs=label_logprobs)
         self.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         params = [q for group in self.optimizer.param_groups for q in group["params"]]
@@ -223,6 +293,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{last['loss/total']:.4f}")
                 if self.on_step and (self.step % self.config.log_every == 0 or self.step == end):
                     self.on_step(self.step, last)
+                every = self.config.checkpoint_every
+                if self.on_checkpoint and every and (self.step % every == 0 or self.step == self.total_steps):
+                    self.on_checkpoint(self.step)
         elapsed = time.perf_counter() - start
         last["train_seconds"] = elapsed
         last["train_pairs_per_s"] = pairs_seen / elapsed if elapsed > 0 else 0.0

@@ -114,3 +114,22 @@ def test_bad_representation_choice(tiny_lm, kwargs, match):
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EncoderConfig(**kwargs)
+
+
+def test_joint_scoring_reads_the_pair_prompt(tiny_lm):
+    enc = make_encoder(tiny_lm, pair_prompt="{text_a} what {text_b} yes or no", label_words=("no", "yes"))
+    batch = enc.tokenize_pairs(["card lost", "how do i reset my password"], ["block card", "fee"])
+    assert batch["attention_mask"][:, -1].tolist() == [1, 1]  # left padded: the answer position is last
+    logp = enc.label_logprobs(**batch)
+    assert logp.shape == (2, 2) and (logp < 0).all()
+    p = enc.joint_scores(["card lost", "how do i reset my password"], ["block card", "fee"], batch_size=1)
+    assert ((p > 0) & (p < 1)).all()
+    torch.testing.assert_close(p, torch.softmax(logp, -1)[:, 1].detach(), atol=1e-5, rtol=0)
+    # the representation path still stops early after a joint forward
+    assert enc._stop_early
+
+
+def test_label_words_must_be_single_tokens(tiny_lm):
+    enc = make_encoder(tiny_lm, label_words=("no no", "yes"))
+    with pytest.raises(ValueError, match="one-token"):
+        enc.label_token_ids()
