@@ -55,6 +55,8 @@ def load_trained_encoder(model: str, student: str | None = None, cache_dir: str 
 @option("--teacher", default=None, help="Evaluate this teacher instead (packaged name, folder or cached hub id).")
 @option("--student", default=None, help="Override the student base model recorded with the adapter.")
 @option("--split", "split_names", default="dev,test", help="Comma list of splits to evaluate.")
+@option("--mode", type=click.Choice(["cosine", "joint"]), default="cosine",
+        help="Student scoring: cosine of the A-encoder vectors, or P(yes | pair) through the decoder path.")
 @option("--choose-threshold", is_flag=True, default=False,
         help="Choose the decision threshold again on this data's dev split (default: the stored one).")
 @common_options
@@ -75,10 +77,14 @@ def cli(data_args, **o) -> dict:
                             "data": data_args.__dict__})
         texts = {n: (list(splits[n]["text_a"]), list(splits[n]["text_b"])) for n in names}
         if o["model"]:
-            name = "student"
             encoder = load_trained_encoder(o["model"], o["student"], o["cache_dir"])
-            scores = {n: encoder.score_pairs(*texts[n], show_progress=o["progress"]).numpy() for n in names}
-            threshold = None if o["choose_threshold"] else encoder.config.threshold
+            if o["mode"] == "joint":
+                name, stored = "student_joint", encoder.config.joint_threshold
+                scores = {n: encoder.joint_scores(*texts[n], show_progress=o["progress"]).numpy() for n in names}
+            else:
+                name, stored = "student", encoder.config.threshold
+                scores = {n: encoder.score_pairs(*texts[n], show_progress=o["progress"]).numpy() for n in names}
+            threshold = None if o["choose_threshold"] else stored
         else:
             name = "teacher"
             scorer = TeacherScorer(o["teacher"], cache=cache_root(o["cache_dir"]) / "teacher_embeddings",
