@@ -70,14 +70,20 @@ class FlipKDLoss(nn.Module):
         self.weights = {"sup": cfg.w_sup, "dist": cfg.w_dist, "mcl": cfg.w_mcl}
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
-                keep: torch.Tensor | None = None,
-                label_logprobs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                keep: torch.Tensor | None = None, label_logprobs: torch.Tensor | None = None,
+                labelled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``labelled`` marks the rows with a gold label (default all); only those reach L_sup, and
+        ``label_logprobs`` holds one row per labelled pair."""
         cosine = cosine_matrix(z_a.float(), z_b.float())
         teacher = teacher.to(cosine.dtype)
         labels = torch.as_tensor(labels, dtype=cosine.dtype)
         parts: dict[str, torch.Tensor] = {}
         if "sup" in self.config.parts:
-            parts["sup"] = self.sup(labels, cosine=cosine, label_logprobs=label_logprobs)
+            gold = torch.ones_like(labels, dtype=torch.bool) if labelled is None else labelled.to(cosine.device)
+            if bool(gold.any()):
+                parts["sup"] = self.sup(labels[gold], cosine=cosine.diagonal()[gold], label_logprobs=label_logprobs)
+            else:
+                parts["sup"] = cosine.sum() * 0.0
         if "dist" in self.config.parts:
             parts["dist"] = self.dist.compute_loss_from_cosine(cosine, teacher, keep)
         if "mcl" in self.config.parts:

@@ -98,6 +98,7 @@ class TrainingPairs:
     teacher_b: np.ndarray
     calibrate: Callable[[np.ndarray], np.ndarray]
     keep: np.ndarray
+    labelled: np.ndarray | None = None  # False for teacher-labelled extra pairs (no gold label: no L_sup)
 
     def __len__(self) -> int:
         return len(self.text_a)
@@ -252,11 +253,14 @@ class Trainer:
         label_logprobs = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             z = self.encoder(**batch)
-            if self.loss.config.sup_mode == "generative":  # L_sup through the decoder path
+            gold = index if p.labelled is None else [i for i in index if p.labelled[i]]
+            if self.loss.config.sup_mode == "generative" and gold:  # L_sup through the decoder path
                 label_logprobs = self.encoder.label_logprobs(**self.encoder.tokenize_pairs(
-                    [p.text_a[i] for i in index], [p.text_b[i] for i in index]))
+                    [p.text_a[i] for i in gold], [p.text_b[i] for i in gold]))
         z = z.float()
-        parts = self.loss(z[: len(index)], z[len(index):], teacher, labels, keep, label_logprobs=label_logprobs)
+        labelled = None if p.labelled is None else torch.as_tensor(p.labelled[index], dtype=torch.bool)
+        parts = self.loss(z[: len(index)], z[len(index):], teacher, labels, keep, label_logprobs=label_logprobs,
+                          labelled=labelled)
         self.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         params = [q for group in self.optimizer.param_groups for q in group["params"]]

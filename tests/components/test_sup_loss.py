@@ -52,3 +52,17 @@ def test_composite_parts_and_weights():
 def test_composite_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FlipKDLoss(LossConfig(**kwargs))
+
+
+def test_unlabelled_rows_stay_out_of_sup_but_reach_dist_and_mcl():
+    g = torch.Generator().manual_seed(1)
+    z_a, z_b = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    t, y = torch.rand(4, 4, generator=g), torch.tensor([1.0, 0.0, 1.0, 1.0])
+    labelled = torch.tensor([True, True, False, False])
+    fn = FlipKDLoss()
+    mixed = fn(z_a, z_b, t, y, labelled=labelled)
+    gold_only = fn(z_a[:2], z_b[:2], t[:2, :2], y[:2])
+    assert mixed["sup"].item() == pytest.approx(gold_only["sup"].item(), rel=1e-6)
+    assert mixed["dist"].item() == pytest.approx(fn(z_a, z_b, t, y)["dist"].item(), rel=1e-6)
+    none = fn(z_a, z_b, t, y, labelled=torch.zeros(4, dtype=torch.bool))
+    assert none["sup"].item() == 0.0
