@@ -46,16 +46,20 @@ def setup_tracking(experiment: str | None = None) -> None:
 
 
 @contextlib.contextmanager
-def run(name: str, experiment: str | None = DEFAULT_EXPERIMENT, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
+def run(name: str, experiment: str | None = DEFAULT_EXPERIMENT, nested: bool = False,
+        run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, resume) a run; a failure marks it FAILED, never left RUNNING.
 
-    Inside an active run (the ``main`` chain) the new run is a nested child of it.
+    Inside an active run (the ``main`` chain) the new run is a nested child of it. ``run_id`` reopens that
+    existing run (status back to RUNNING; it keeps its name and experiment).
     """
     nested = nested or mlflow.active_run() is not None
     if not nested:
-        setup_tracking(experiment)
-    active = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") and not nested else name,
-                              nested=nested)
+        setup_tracking(None if run_id else experiment)
+        if run_id:  # the run fixes the experiment
+            mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
+    reopened = run_id or (os.environ.get("MLFLOW_RUN_ID") and not nested)
+    active = mlflow.start_run(run_id=run_id, run_name=None if reopened else name, nested=nested)
     try:
         mlflow.set_tags(base_tags())
         yield active

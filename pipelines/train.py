@@ -2,11 +2,18 @@
 
 With no options it trains the packaged SmolLM2-135M student, taught by the packaged MiniLM teacher, on
 the embedded demo FAQ data, evaluates it on dev and test, and prints where to look.
+
+Crash safety: every ``--checkpoint-every`` steps the training state is checkpointed (atomically, see
+:mod:`components.checkpoint`) under ``<cache folder>/checkpoints/<run id>/``; ``--resume RUN_ID`` (or
+``mlflow run --run-id RUN_ID``) continues an interrupted run into the same MLflow run, with the same result
+as an uninterrupted one. The checkpoints are deleted when the run finishes.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +23,24 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
+from components.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
 from components.lora_encoder import EncoderConfig, LoraEncoder
-from components.models import STUDENT_DEFAULT, load_student, resolve_student
+from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
 from components.teacher_signal import TeacherSignal
 from components.trainer import TrainConfig, Trainer, TrainingPairs
 from pipelines import _mlflow
-from pipelines._data import data_options, load_splits, log_splits, with_data_args
+from pipelines._data import data_fingerprint, data_options, load_splits, log_splits, with_data_args
 from pipelines._evaluation import evaluate_scores, log_pr_curves
 from pipelines._options import POSITIVE, common_options, option
 from pipelines.score import filter_options, score_and_filter, teacher_options
 
 ADAPTER_ARTIFACT = "student"
+# options that do not change the result: a resume may give other values
+NOT_FINGERPRINTED = ("experiment", "progress", "cache_dir", "checkpoint_every", "resume")
 
 
 def _parts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -42,6 +54,34 @@ def _parts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 def student_model_option(func):
     return option("--student", default=STUDENT_DEFAULT,
                   help="Student LLM: 'smollm2-135m' (packaged), a local Hugging Face folder, or a cached hub id.")(func)
+
+
+@dataclass
+class Checkpointing:
+    """Checkpoints of one run: where they go, the config a resume must match, and the one to resume from."""
+
+    folder: Path
+    config: dict
+    resume: Checkpoint | None = None
+    logged_step: int = 0  # steps the interrupted run already logged: not logged twice
+
+
+def checkpoint_folder(cache_dir: str | None, run_id: str) -> Path:
+    return cache_root(cache_dir) / "checkpoints" / run_id
+
+
+def _absolute(value):
+    """A path that exists, absolute: the same folder given from another working folder is the same option."""
+    if isinstance(value, str | Path) and str(value) and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
+def fingerprint_config(o: dict, data_args, splits: dict[str, pd.DataFrame]) -> dict:
+    """What a resume must match: every result-changing option, the data options and the data itself."""
+    return {"options": {k: _absolute(v) for k, v in o.items() if k not in NOT_FINGERPRINTED},
+            "data": {k: _absolute(v) for k, v in data_args.__dict__.items()},
+            "data_fingerprint": data_fingerprint(splits)}
 
 
 @dataclass
@@ -61,13 +101,18 @@ def build_training_pairs(train: pd.DataFrame, signal: TeacherSignal, keep: np.nd
 def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str, cache_dir: str | None,
                   encoder_config: EncoderConfig, loss_config: LossConfig, train_config: TrainConfig,
                   filter_scope: str, no_filter: bool, teacher_batch_size: int = 64, teacher_max_length: int = 128,
-                  progress: bool = True, log: bool = True) -> StudentRun:
-    """Teacher signal -> noise filter -> student training -> evaluation; logs to the active MLflow run."""
+                  progress: bool = True, log: bool = True, checkpointing: Checkpointing | None = None) -> StudentRun:
+    """Teacher signal -> noise filter -> student training -> evaluation; logs to the active MLflow run.
+
+    With ``checkpointing``, the trainer state is saved every ``train_config.checkpoint_every`` steps, and
+    ``checkpointing.resume`` (a verified checkpoint) is restored before training continues.
+    """
     torch.manual_seed(train_config.seed)
+    resume = checkpointing.resume if checkpointing else None
     scored = score_and_filter(splits, teacher=teacher, cache_dir=cache_dir, delta_pos=loss_config.delta_pos,
                               delta_neg=loss_config.delta_neg, filter_scope=filter_scope,
                               teacher_batch_size=teacher_batch_size, teacher_max_length=teacher_max_length,
-                              progress=progress, log=log)
+                              progress=progress, log=log and resume is None)  # a resumed run has them
     signal, train = scored.signal, splits["train"]
     keep = np.ones(len(train), dtype=bool) if no_filter else scored.keep
     if no_filter:
@@ -82,8 +127,20 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     encoder_config.extra = {**encoder_config.extra, "student": student, "teacher": str(teacher)}
     encoder = LoraEncoder(model, tokenizer, encoder_config)
     loss = FlipKDLoss(loss_config)
-    on_step = (lambda step, metrics: mlflow.log_metrics(metrics, step=step)) if log else None
-    trainer = Trainer(encoder, loss, pairs, train_config, on_step=on_step, show_progress=progress)
+    logged = checkpointing.logged_step if checkpointing else 0
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        if step > logged:
+            mlflow.log_metrics(metrics, step=step)
+
+    def on_checkpoint(step: int) -> None:
+        save_checkpoint(checkpointing.folder, trainer.state_dict(), checkpointing.config)
+
+    trainer = Trainer(encoder, loss, pairs, train_config, on_step=on_step if log else None, show_progress=progress,
+                      on_checkpoint=on_checkpoint if checkpointing else None)
+    if resume is not None:
+        trainer.load_state_dict(resume.state)
+        click.echo(f"resumed at step {trainer.step} of {trainer.total_steps} from {resume.path}")
     summary = trainer.train()
     if log:
         mlflow.log_metrics({k: summary[k] for k in ("train_seconds", "train_pairs_per_s", "data_share")})
@@ -97,6 +154,12 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     metrics.update({f"teacher_{k}": v for k, v in evaluate_scores("teacher", teacher_scores, splits, log=log).items()})
     threshold = metrics.get("dev_threshold", metrics.get("test_threshold", 0.5))
     encoder.config.threshold = float(threshold)
+    if loss_config.sup_mode == "generative":  # the decoder path was trained: report joint scoring too
+        joint = {name: encoder.joint_scores(list(f["text_a"]), list(f["text_b"]), show_progress=progress).numpy()
+                 for name, f in eval_splits.items()}
+        joint_metrics = evaluate_scores("student_joint", joint, splits, log=log)
+        metrics.update({f"joint_{k}": v for k, v in joint_metrics.items()})
+        encoder.config.joint_threshold = float(joint_metrics.get("dev_threshold", 0.5))
     if log:
         for split in eval_splits:
             log_pr_curves({"student": (student_scores[split], splits[split]["match"].to_numpy()),
@@ -121,7 +184,7 @@ def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfi
                         warmup_ratio=o["warmup_ratio"], clip_value=o["clip_value"], batch_size=o["batch_size"],
                         epochs=o["epochs"],
                         max_steps=o["max_steps"], seed=o["seed"], precision=o["precision"], naive=o["naive"],
-                        scalar_learning_rate=o["scalar_learning_rate"])
+                        scalar_learning_rate=o["scalar_learning_rate"], checkpoint_every=o.get("checkpoint_every", 0))
     return encoder, loss, train
 
 
@@ -167,6 +230,42 @@ def student_options(func):
     return func
 
 
+def resume_target(requested: str | None, cache_dir: str | None) -> str | None:
+    """The run to resume: ``--resume``, or under ``mlflow run --run-id`` a run that has a checkpoint; else None.
+
+    Refuses (``CheckpointError``, exit 2) a run that is unknown, finished, or has no checkpoint.
+    """
+    env_run = os.environ.get("MLFLOW_RUN_ID")
+    if mlflow.active_run() is not None:  # a step of `main`: always a new child run
+        if requested:
+            raise CheckpointError("--resume continues a train run on its own, not inside another run (main)")
+        return None
+    if requested and env_run and requested != env_run:
+        raise CheckpointError(f"under `mlflow run` (run {env_run}), resume with `mlflow run ... --run-id {requested}` "
+                              f"instead of --resume {requested}")
+    if not requested:
+        if env_run and latest_checkpoint(checkpoint_folder(cache_dir, env_run)) is not None:
+            return env_run
+        return None
+    _mlflow.setup_tracking()
+    try:
+        status = MlflowClient().get_run(requested).info.status
+    except MlflowException:
+        raise CheckpointError(f"--resume {requested}: no such run in the tracking store {mlflow.get_tracking_uri()} "
+                              f"(set MLFLOW_TRACKING_URI to the store of the interrupted run)") from None
+    if status == "FINISHED":
+        raise CheckpointError(f"--resume {requested}: the run has finished; there is nothing to resume")
+    folder = checkpoint_folder(cache_dir, requested)
+    if latest_checkpoint(folder) is None:
+        raise CheckpointError(f"--resume {requested}: no checkpoint under {folder} (the run stopped before its first "
+                              f"checkpoint, had --checkpoint-every 0, or used another --cache-dir); start a new run")
+    return requested
+
+
+def last_logged_step(run_id: str) -> int:
+    return max((m.step for m in MlflowClient().get_metric_history(run_id, "loss/total")), default=0)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @data_options
 @student_model_option
@@ -174,6 +273,14 @@ def student_options(func):
 @student_options
 @filter_options
 @option("--no-filter", is_flag=True, default=False, help="Keep every pair (ablation without the noise filter).")
+@option("--checkpoint-every", type=click.IntRange(min=0), default=50,
+        help="Checkpoint the training state (adapter, optimiser, scheduler, RNG, data position) every N steps and "
+             "at the last one, atomically, under <cache folder>/checkpoints/<run id>/ (cache folder: --cache-dir, "
+             "$FLIPKD_CACHE_DIR or ~/.cache/flipkd); the last 2 are kept and deleted when the run finishes. 0: off.")
+@option("--resume", metavar="RUN_ID", default=None,
+        help="Continue the interrupted (killed, crashed or stopped) train run RUN_ID from its last checkpoint, into "
+             "the same MLflow run, with the same options and data as the first time (checked). Under `mlflow run`: "
+             "`mlflow run . -e train --run-id RUN_ID ...` resumes the same way.")
 @common_options
 @with_data_args
 @_mlflow.clean_errors
@@ -187,25 +294,43 @@ def cli(data_args, **o) -> dict:
     """
     encoder_config, loss_config, train_config = configs_from_options(o)
     started = time.perf_counter()
-    with _mlflow.run("train", o["experiment"]) as active:
-        with _mlflow.scratch_dir() as work:
+    resume_id = resume_target(o["resume"], o["cache_dir"])
+    with _mlflow.scratch_dir() as work:
+        resume = None
+        if resume_id:  # checked before the run is reopened: a refused resume leaves the run as it was
             splits = load_splits(data_args, work, o["seed"])
-            log_splits(splits)
-            _mlflow.log_params({"data": data_args.__dict__, "student": o["student"], "teacher": o["teacher"],
-                                "encoder": encoder_config.to_dict(), "loss": loss_config.to_dict(),
-                                "train": train_config.to_dict(), "filter": {"scope": o["filter_scope"],
-                                                                            "disabled": o["no_filter"]}})
+            config = fingerprint_config(o, data_args, splits)
+            resume = load_checkpoint(latest_checkpoint(checkpoint_folder(o["cache_dir"], resume_id)), config)
+        with _mlflow.run("train", o["experiment"], run_id=resume_id) as active:
+            run_id = active.info.run_id
+            if resume is None:
+                splits = load_splits(data_args, work, o["seed"])
+                log_splits(splits)
+                _mlflow.log_params({"data": data_args.__dict__, "student": o["student"], "teacher": o["teacher"],
+                                    "encoder": encoder_config.to_dict(), "loss": loss_config.to_dict(),
+                                    "train": train_config.to_dict(), "filter": {"scope": o["filter_scope"],
+                                                                                "disabled": o["no_filter"]}})
+                config, logged = fingerprint_config(o, data_args, splits), 0
+            else:
+                logged = last_logged_step(run_id)
+                mlflow.set_tag("flipkd.resumed_from_step", str(resume.step))
+                click.echo(f"resuming run {run_id} from step {resume.step} (steps up to {logged} already logged)")
+            checkpoints = Checkpointing(checkpoint_folder(o["cache_dir"], run_id), config, resume, logged)
             result = train_student(splits, student=o["student"], teacher=o["teacher"], cache_dir=o["cache_dir"],
                                    encoder_config=encoder_config, loss_config=loss_config, train_config=train_config,
                                    filter_scope=o["filter_scope"], no_filter=o["no_filter"],
                                    teacher_batch_size=o["teacher_batch_size"],
-                                   teacher_max_length=o["teacher_max_length"], progress=o["progress"])
-        run_id = active.info.run_id
+                                   teacher_max_length=o["teacher_max_length"], progress=o["progress"],
+                                   checkpointing=checkpoints)
         m = result.metrics
+    shutil.rmtree(checkpoints.folder, ignore_errors=True)  # the run finished: nothing left to resume
     elapsed = time.perf_counter() - started
     lines = [f"flipkd train finished in {elapsed:.0f} s (run {run_id})",
              f"  student dev F1 {m['dev_f1']:.3f} at threshold {result.threshold:.3f}"
              + (f"; test F1 {m['test_f1']:.3f}, AP {m['test_average_precision']:.3f}" if "test_f1" in m else ""),
+             *([f"  student joint (decoder path) dev F1 {m['joint_dev_f1']:.3f}"
+                + (f"; test F1 {m['joint_test_f1']:.3f}" if "joint_test_f1" in m else "")]
+               if "joint_dev_f1" in m else []),
              f"  teacher dev F1 {m['teacher_dev_f1']:.3f}"
              + (f"; test F1 {m['teacher_test_f1']:.3f}" if "teacher_test_f1" in m else ""),
              f"  look: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (experiment {o['experiment']!r})",

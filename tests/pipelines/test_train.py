@@ -97,3 +97,17 @@ def test_layer_beyond_the_model_fails_cleanly(mlflow_env, tiny_model_args):
     assert "layer 7 is out of range" in result.output and "Traceback" not in result.output
     (run_id,) = run_ids(mlflow_env)
     assert mlflow_env.get_run(run_id).info.status == "FAILED"
+
+
+def test_generative_mode_reports_joint_scoring(mlflow_env, tiny_model_args):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--sup-mode", "generative"])
+    assert result.exit_code == 0, result.output
+    assert "student joint (decoder path) dev F1" in result.output
+    (run_id,) = run_ids(mlflow_env)
+    metrics = mlflow_env.get_run(run_id).data.metrics
+    assert "student_joint/dev_f1" in metrics and "student/dev_f1" in metrics
+    joint = CliRunner().invoke(evaluate.cli, ["--model", run_id, "--mode", "joint", "--no-progress",
+                                              "--experiment", "t"])
+    assert joint.exit_code == 0, joint.output
+    eval_metrics = mlflow_env.get_run(run_ids(mlflow_env)[0]).data.metrics
+    assert eval_metrics["student_joint/dev_f1"] == pytest.approx(metrics["student_joint/dev_f1"], abs=1e-6)
