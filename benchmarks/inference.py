@@ -1,0 +1,231 @@
+"""Inference benchmark: torch fp32 eager vs ONNX Runtime fp32 and int8, and the served model over HTTP.
+
+In one run, on the packaged student (or ``--student``):
+
+- texts/s of torch fp32 ``LoraEncoder.encode`` (eager, inference mode), ONNX fp32 and ONNX int8 (the serving
+  path: tokenizers + ONNX Runtime) at batch 1 and 32, on short English customer-service sentences of the demo;
+- the parity figures the ``export`` gates use (fp32 max abs diff, int8 min cosine, int8 dev F1 delta);
+- p50/p95 latency over HTTP on 127.0.0.1 of one pair and one FAQ query, against ``mlflow models serve`` of the
+  int8 model (started and stopped here).
+
+It trains nothing: ``--model`` takes a trained student (run id, runs:/, models:/ or folder); without it an
+untrained LoRA encoder (A random, B zero: the base model's own representation) is measured, and the output
+says so. Results go to ``benchmarks/results/inference.json``. ``--quick`` is a short functional check, not a
+measurement.
+
+    python -m benchmarks.inference --model RUN_ID
+    python -m benchmarks.inference --quick --student path/to/tiny/model
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from components.demo_data import demo_pairs
+from components.lora_encoder import EncoderConfig, LoraEncoder
+from components.models import STUDENT_DEFAULT, load_student, resolve_student
+from pipelines import _mlflow
+from pipelines.evaluate import load_trained_encoder
+from pipelines.export import (
+    Faq,
+    Gates,
+    Limits,
+    add_faq,
+    check_parity,
+    export_engines,
+    pyfunc_arguments,
+    write_bundle,
+)
+from serving.onnx_pyfunc import THREADS_ENV, OnnxTextEncoder
+
+RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
+SERVE_TIMEOUT_S = 180
+REQUEST_TIMEOUT_S = 60
+
+
+def _texts_and_dev(n_texts: int, n_dev: int):
+    frame = demo_pairs(0)
+    texts = list(dict.fromkeys([*frame["text_a"], *frame["text_b"]]))
+    rng = np.random.default_rng(0)
+    chosen = [texts[i] for i in rng.permutation(len(texts))[:n_texts]]
+    dev = frame.sample(n=min(n_dev, len(frame)), random_state=0).reset_index(drop=True)
+    dev["match"] = (dev["label"] >= 0.5).astype(int)
+    faq_texts = list(dict.fromkeys(frame["text_b"]))[:40]
+    return chosen, dev, Faq([f"faq-{i}" for i in range(len(faq_texts))], faq_texts)
+
+
+def _throughput(encode, texts: list[str], batch_size: int, repeats: int) -> float:
+    encode(texts[:batch_size], batch_size)  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encode(texts, batch_size)
+        best = max(best, len(texts) / (time.perf_counter() - start))
+    return best
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(port: int, payload: dict) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+        return json.loads(response.read())
+
+
+@contextlib.contextmanager
+def serve(model_path: Path, threads: int, log_path: Path):
+    """``mlflow models serve`` on 127.0.0.1 (bounded wait for /ping); the process group is stopped on exit."""
+    port = _free_port()
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    command = [str(mlflow_cli)] if mlflow_cli.exists() else [sys.executable, "-m", "mlflow"]
+    env = {**os.environ, THREADS_ENV: str(threads)}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*command, "models", "serve", "-m", str(model_path), "--env-manager", "local",
+                                 "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + SERVE_TIMEOUT_S
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"mlflow models serve exited ({proc.returncode}); see {log_path}")
+                with contextlib.suppress(OSError):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no /ping answer within {SERVE_TIMEOUT_S} s; see {log_path}")
+                time.sleep(0.5)
+            yield port
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+
+
+def _latencies(port: int, payload: dict, n: int) -> list[float]:
+    _post(port, payload)  # warm-up
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        _post(port, payload)
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def build_encoder(model: str | None, student: str, cache_dir: str | None, seed: int) -> tuple[LoraEncoder, str]:
+    if model:
+        return load_trained_encoder(model, None, cache_dir), f"trained student {model}"
+    torch.manual_seed(seed)
+    base, tokenizer = load_student(resolve_student(student, cache_dir))
+    encoder = LoraEncoder(base, tokenizer, EncoderConfig(dropout=0.0, extra={"student": student})).eval()
+    return encoder, (f"UNTRAINED LoRA encoder of {student} (A random, B zero: the base model's representation); "
+                     f"speed is representative, F1 is not")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", default=None, help="Trained student (run id, runs:/, models:/ or folder); none: untrained.")
+@click.option("--student", default=STUDENT_DEFAULT, show_default=True, help="Base model when --model is not given.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Threads for torch and ONNX Runtime (and the server).")
+@click.option("--texts", "n_texts", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Texts per throughput measurement.")
+@click.option("--requests", "n_requests", type=click.IntRange(min=1), default=100, show_default=True,
+              help="HTTP requests per latency measurement.")
+@click.option("--dev-pairs", type=click.IntRange(min=2), default=200, show_default=True,
+              help="Demo pairs for the parity figures.")
+@click.option("--quick", is_flag=True, help="A short check that everything runs (16 texts, 5 requests, 12 pairs).")
+@click.option("--output", type=click.Path(dir_okay=False), default=str(RESULTS), show_default=True)
+@click.option("--cache-dir", default=None, help="flipkd cache folder (converted models).")
+def cli(model, student, threads, n_texts, n_requests, dev_pairs, quick, output, cache_dir) -> dict:
+    """Measure torch fp32, ONNX fp32 and ONNX int8 throughput, parity, and HTTP latency of the served model."""
+    if quick:
+        n_texts, n_requests, dev_pairs = min(n_texts, 16), min(n_requests, 5), min(dev_pairs, 12)
+    _mlflow.setup_tracking(None)
+    torch.set_num_threads(threads)
+    texts, dev, faq = _texts_and_dev(n_texts, dev_pairs)
+    encoder, what = build_encoder(model, student, cache_dir, seed=0)
+    click.echo(f"model: {what}")
+    repeats = 1 if quick else 3
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="flipkd-bench-") as tmp:
+        work = Path(tmp)
+        built = export_engines(encoder, work)
+        limits = Limits(top_k=5)
+        bundles = {engine: write_bundle(encoder, work / engine, work / f"bundle_{engine}", engine=engine,
+                                        limits=limits) for engine in ("fp32", "int8")}
+        parity = check_parity(encoder, bundles, dev, Gates(), "int8", threads=threads)["metrics"]
+        onnx = {engine: OnnxTextEncoder(folder, threads=threads) for engine, folder in bundles.items()}
+
+        def torch_encode(batch, size):
+            return encoder.encode(batch, batch_size=size)
+
+        for size in (1, 32):
+            results[f"torch_fp32_b{size}_tps"] = _throughput(torch_encode, texts, size, repeats)
+            for engine, served in onnx.items():
+                results[f"onnx_{engine}_b{size}_tps"] = _throughput(served.encode, texts, size, repeats)
+        results.update({k: parity[k] for k in ("fp32_max_abs_diff", "int8_min_cosine", "int8_dev_f1_delta")})
+        results.update({"torch_dev_f1": parity["torch_dev_f1"], "int8_dev_f1": parity["int8_dev_f1"]})
+
+        import mlflow.pyfunc
+
+        add_faq(bundles["int8"], faq, threads)
+        model_path = work / "pyfunc"
+        pair = {"dataframe_split": {"columns": ["text_a", "text_b"], "data": [[dev["text_a"][0], dev["text_b"][0]]]}}
+        query = {"dataframe_split": {"columns": ["query"], "data": [[dev["text_a"][1]]]}}
+        mlflow.pyfunc.save_model(str(model_path), **pyfunc_arguments(bundles["int8"], limits.top_k, dev[
+            ["text_a", "text_b"]].head(2)))
+        with serve(model_path, threads, work / "serve.log") as port:
+            pair_ms = _latencies(port, pair, n_requests)
+            faq_ms = _latencies(port, query, n_requests)
+        results.update({"http_pair_p50_ms": statistics.median(pair_ms), "http_pair_p95_ms": _percentile(pair_ms, 95),
+                        "http_faq_p50_ms": statistics.median(faq_ms), "http_faq_p95_ms": _percentile(faq_ms, 95)})
+    results = {k: round(float(v), 2) if k.endswith(("_tps", "_ms")) else float(v) for k, v in results.items()}
+    record = {**results, "model": model or f"untrained:{student}", "untrained": model is None, "description": what,
+              "quick": quick, "threads": threads, "texts": n_texts, "requests": n_requests,
+              "parity_pairs": int(len(dev)), "exporter": built["export"]["exporter"],
+              "opset": built["export"]["opset"], "int8_fp32_down_proj": built["quantize"]["excluded_count"],
+              "representation_layer": encoder.layer_index, "machine": platform.machine(),
+              "cpu_count": os.cpu_count(), "versions": _mlflow.package_versions()}
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    width = max(map(len, results))
+    for key, value in results.items():
+        click.echo(f"{key:<{width}}  {value}")
+    click.echo(f"wrote {output}" + ("  (quick check: not a measurement)" if quick else ""))
+    return record
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,1 @@
+"""flipkd serving: what a deployed model needs at run time (onnxruntime, tokenizers, numpy, pandas; never torch)."""
