@@ -65,3 +65,16 @@ def tiny_llama_dir(tmp_path_factory):
     tiny_llama().save_pretrained(folder, safe_serialization=True)
     tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    """Tiny models gain nothing from threads and run several times slower with two on a busy machine;
+    integration tests (the real models) keep every thread."""
+    if request.node.get_closest_marker("integration"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
