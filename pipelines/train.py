@@ -26,6 +26,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from components.augment import AugmentConfig, teacher_labelled_pairs
 from components.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
 from components.lora_encoder import EncoderConfig, LoraEncoder
@@ -98,10 +99,33 @@ def build_training_pairs(train: pd.DataFrame, signal: TeacherSignal, keep: np.nd
                          split.emb_a, split.emb_b, signal.calibrator, keep)
 
 
+def add_extra_pairs(pairs: TrainingPairs, train: pd.DataFrame, signal: TeacherSignal,
+                    config: AugmentConfig) -> tuple[TrainingPairs, dict[str, float]]:
+    """Append teacher-labelled pairs built from the training texts (no gold label: ``labelled`` False)."""
+    split = signal.splits["train"]
+    vectors = {t: v for col, emb in (("text_a", split.emb_a), ("text_b", split.emb_b))
+               for t, v in zip(train[col], emb, strict=True)}
+    texts = list(vectors)
+    index = {t: i for i, t in enumerate(texts)}
+    existing = [(index[a], index[b]) for a, b in zip(pairs.text_a, pairs.text_b, strict=True)]
+    matrix = np.stack([vectors[t] for t in texts])
+    extra = teacher_labelled_pairs(matrix, signal.calibrator, round(config.per_pair * len(pairs)), config, existing)
+    n = len(pairs)
+    labelled = np.r_[np.ones(n, bool) if pairs.labelled is None else pairs.labelled, np.zeros(len(extra), bool)]
+    grown = TrainingPairs(
+        pairs.text_a + [texts[i] for i in extra.index_a], pairs.text_b + [texts[i] for i in extra.index_b],
+        np.r_[pairs.labels, (extra.scores >= config.positive_threshold).astype(np.float64)],
+        np.concatenate([pairs.teacher_a, matrix[extra.index_a]]),
+        np.concatenate([pairs.teacher_b, matrix[extra.index_b]]),
+        pairs.calibrate, np.r_[pairs.keep, np.ones(len(extra), bool)], labelled)
+    return grown, extra.report(config.positive_threshold)
+
+
 def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str, cache_dir: str | None,
                   encoder_config: EncoderConfig, loss_config: LossConfig, train_config: TrainConfig,
                   filter_scope: str, no_filter: bool, teacher_batch_size: int = 64, teacher_max_length: int = 128,
-                  progress: bool = True, log: bool = True, checkpointing: Checkpointing | None = None) -> StudentRun:
+                  progress: bool = True, log: bool = True, checkpointing: Checkpointing | None = None,
+                  augment: AugmentConfig | None = None) -> StudentRun:
     """Teacher signal -> noise filter -> student training -> evaluation; logs to the active MLflow run.
 
     With ``checkpointing``, the trainer state is saved every ``train_config.checkpoint_every`` steps, and
@@ -122,6 +146,12 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         rows = np.flatnonzero(keep)
         pairs = TrainingPairs([pairs.text_a[i] for i in rows], [pairs.text_b[i] for i in rows], pairs.labels[rows],
                               pairs.teacher_a[rows], pairs.teacher_b[rows], pairs.calibrate, np.ones(len(rows), bool))
+    if augment is not None and augment.per_pair > 0:
+        pairs, extra_report = add_extra_pairs(pairs, train, signal, augment)
+        click.echo(f"teacher-labelled extra pairs: {extra_report}")
+        if log and resume is None:
+            mlflow.log_metrics({f"filter_{k}": v for k, v in extra_report.items()})
+            _mlflow.log_json(extra_report, "noise_filter_extra_pairs.json")
 
     model, tokenizer = load_student(resolve_student(student, cache_dir))
     encoder_config.extra = {**encoder_config.extra, "student": student, "teacher": str(teacher)}
@@ -273,6 +303,13 @@ def last_logged_step(run_id: str) -> int:
 @student_options
 @filter_options
 @option("--no-filter", is_flag=True, default=False, help="Keep every pair (ablation without the noise filter).")
+@option("--extra-pairs-per-pair", type=click.FloatRange(min=0), default=0.0,
+        help="Teacher-labelled extra pairs built from the training texts, per labelled pair: they feed L_dist, and "
+             "L_MCL when the teacher is confident; never L_sup.")
+@option("--extra-neighbour-share", type=click.FloatRange(0, 1), default=0.5,
+        help="Share of the extra pairs made from teacher nearest neighbours (the rest are random pairs).")
+@option("--extra-positive-threshold", type=click.FloatRange(0, 1), default=0.8,
+        help="An extra pair anchors L_MCL only when its teacher score is at least this.")
 @option("--checkpoint-every", type=click.IntRange(min=0), default=50,
         help="Checkpoint the training state (adapter, optimiser, scheduler, RNG, data position) every N steps and "
              "at the last one, atomically, under <cache folder>/checkpoints/<run id>/ (cache folder: --cache-dir, "
@@ -309,7 +346,10 @@ def cli(data_args, **o) -> dict:
                 _mlflow.log_params({"data": data_args.__dict__, "student": o["student"], "teacher": o["teacher"],
                                     "encoder": encoder_config.to_dict(), "loss": loss_config.to_dict(),
                                     "train": train_config.to_dict(), "filter": {"scope": o["filter_scope"],
-                                                                                "disabled": o["no_filter"]}})
+                                                                                "disabled": o["no_filter"]},
+                                    "extra_pairs": {"per_pair": o["extra_pairs_per_pair"],
+                                                    "neighbour_share": o["extra_neighbour_share"],
+                                                    "positive_threshold": o["extra_positive_threshold"]}})
                 config, logged = fingerprint_config(o, data_args, splits), 0
             else:
                 logged = last_logged_step(run_id)
@@ -321,7 +361,9 @@ def cli(data_args, **o) -> dict:
                                    filter_scope=o["filter_scope"], no_filter=o["no_filter"],
                                    teacher_batch_size=o["teacher_batch_size"],
                                    teacher_max_length=o["teacher_max_length"], progress=o["progress"],
-                                   checkpointing=checkpoints)
+                                   checkpointing=checkpoints,
+                                   augment=AugmentConfig(o["extra_pairs_per_pair"], o["extra_neighbour_share"],
+                                                         o["extra_positive_threshold"], o["seed"]))
         m = result.metrics
     shutil.rmtree(checkpoints.folder, ignore_errors=True)  # the run finished: nothing left to resume
     elapsed = time.perf_counter() - started

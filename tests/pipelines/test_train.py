@@ -111,3 +111,17 @@ def test_generative_mode_reports_joint_scoring(mlflow_env, tiny_model_args):
     assert joint.exit_code == 0, joint.output
     eval_metrics = mlflow_env.get_run(run_ids(mlflow_env)[0]).data.metrics
     assert eval_metrics["student_joint/dev_f1"] == pytest.approx(metrics["student_joint/dev_f1"], abs=1e-6)
+
+
+def test_teacher_labelled_extra_pairs_are_counted_separately(mlflow_env, tiny_model_args):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--extra-pairs-per-pair", "0.5"])
+    assert result.exit_code == 0, result.output
+    (run_id,) = run_ids(mlflow_env)
+    run = mlflow_env.get_run(run_id)
+    n_train = int(run.data.metrics["data_train_pairs"])
+    assert run.data.metrics["filter_extra_pairs"] == round(0.5 * n_train)
+    assert run.data.metrics["filter_extra_pairs_neighbour"] + run.data.metrics["filter_extra_pairs_random"] == \
+        run.data.metrics["filter_extra_pairs"]
+    assert run.data.params["extra_pairs.per_pair"] == "0.5"
+    report = json.loads(Path(mlflow_env.download_artifacts(run_id, "noise_filter_extra_pairs.json")).read_text())
+    assert report["extra_pairs"] == run.data.metrics["filter_extra_pairs"]
