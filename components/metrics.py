@@ -11,7 +11,12 @@ from scipy.stats import pearsonr, rankdata, spearmanr
 
 
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The score threshold (match when score >= threshold) that maximises F1 on these pairs."""
+    """The threshold (match when score >= threshold) that maximises F1 on these pairs.
+
+    It is the midpoint between the lowest score predicted a match and the next lower score, not a score
+    itself: a threshold equal to a dev score would flip that pair's decision on the least numerical noise
+    (an ONNX or int8 copy of the model, another thread count).
+    """
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels) >= 0.5
     order = np.argsort(-scores, kind="stable")
     s, y = scores[order], labels[order]
@@ -22,7 +27,8 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     f1 = np.where(last_of_value, f1, -1.0)
     if not y.any():
         return float(s[0] + 1e-6) if len(s) else 0.5
-    return float(s[int(np.argmax(f1))])
+    best = int(np.argmax(f1))
+    return float((s[best] + s[best + 1]) / 2) if best + 1 < len(s) else float(s[best] - 1e-6)
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -33,7 +33,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass
 class TrainConfig:
-    learning_rate: float = 3e-5
+    # METHOD.md (PAPER) says 3e-5; measured here, it does not move the LoRA weights in a few hundred steps
+    # (demo dev F1 0.667 = all-positive, AP 0.45); 1e-3 reached dev F1 0.741, AP 0.680 (README, "Defaults").
+    learning_rate: float = 1e-3
     scalar_learning_rate: float = 1e-2
     weight_decay: float = 0.1
     warmup_ratio: float = 0.05

@@ -15,14 +15,15 @@ def test_hand_computed_case():
     assert roc_auc(scores, labels) == pytest.approx(4 / 6)
     # AP: recall steps at ranks 1, 3, 4 with precision 1, 2/3, 3/4
     assert average_precision(scores, labels) == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
-    assert best_f1_threshold(scores, labels) == pytest.approx(0.6)
+    # the best cut is between 0.6 and 0.2: its midpoint, so no dev score sits on the threshold
+    assert best_f1_threshold(scores, labels) == pytest.approx(0.4)
 
 
 def test_ties_do_not_split():
     scores = np.array([0.5, 0.5, 0.5, 0.1])
     labels = np.array([1, 0, 1, 0])
     t = best_f1_threshold(scores, labels)
-    assert t in (0.5, 0.1)
+    assert t == pytest.approx(0.3)  # 0.5 ties are never split: the cut falls between 0.5 and 0.1
     assert roc_auc(scores, labels) == pytest.approx(0.75)
 
 
@@ -35,3 +36,12 @@ def test_graded_correlations():
 
 def test_one_class_gives_nan_auc():
     assert np.isnan(roc_auc([0.1, 0.2], [0, 0]))
+
+
+def test_threshold_is_never_a_score_and_keeps_the_best_f1():
+    rng = np.random.default_rng(0)
+    scores, labels = rng.random(200), rng.random(200) < 0.4
+    t = best_f1_threshold(scores, labels)
+    assert not np.isclose(scores, t).any()
+    grid = max(classification_metrics(scores, labels, c)["f1"] for c in np.unique(scores))
+    assert classification_metrics(scores, labels, t)["f1"] == pytest.approx(grid)

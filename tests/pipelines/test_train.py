@@ -26,7 +26,7 @@ def test_train_logs_everything_a_run_needs(mlflow_env, tiny_model_args):
     # the resolved config, named as in METHOD.md
     assert params["loss.w_dist"] == "2.5" and params["loss.margin_rule"] == "fixed"
     assert params["loss.delta_pos"] == "0.5" and params["encoder.rank"] == "4"
-    assert params["train.learning_rate"] == "3e-05" and params["train.seed"] == "0"
+    assert params["train.learning_rate"] == "0.001" and params["train.seed"] == "0"
     # per-step metrics: every loss part, lr, gradient norm, throughput
     for key in ("loss/total", "loss/sup", "loss/dist", "loss/mcl", "lr", "grad_norm", "pairs_per_s"):
         history = mlflow_env.get_metric_history(run_id, key)
