@@ -223,7 +223,8 @@ def student_options(func):
     for opt in reversed([
         option("--rank", type=click.IntRange(min=1), default=32, help="LoRA rank r: the size of z = A x."),
         option("--lora-alpha", type=POSITIVE, default=64.0, help="LoRA alpha (update scale alpha / r)."),
-        option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, help="LoRA dropout."),
+        option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+               help="LoRA dropout (PEFT's default 0; any value draws a mask per LoRA module per step: slower)."),
         option("--target-modules", default="all-linear", help="LoRA targets: 'all-linear' or a comma list."),
         option("--layer", type=int, default=-1, help="Representation layer index (-1: the last block)."),
         option("--module", default="q_proj", help="LoRA module whose A output is the representation."),
