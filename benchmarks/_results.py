@@ -7,18 +7,33 @@ import tempfile
 from pathlib import Path
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+README_MD = Path(__file__).resolve().parent.parent / "README.md"
 HEADER = "# flipkd benchmark results\n\nEach section is written by the benchmark named in it; do not edit by hand.\n"
 
 
+def _replace_between(text: str, start: str, end: str, block: str) -> str | None:
+    if start in text and end in text:
+        return text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    return None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
 def write_section(name: str, body: str) -> None:
+    """Rewrite section ``name`` of RESULTS.md, and its quote in the README where the README has one."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.exists() else HEADER
     block = f"{start}\n## {name}\n\n{body.strip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS_MD.parent, prefix=".RESULTS.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, RESULTS_MD)
+    updated = _replace_between(text, start, end, block)
+    _write_atomically(RESULTS_MD, updated if updated is not None else text.rstrip("\n") + "\n\n" + block + "\n")
+    if README_MD.exists():
+        readme = README_MD.read_text(encoding="utf-8")
+        quoted = _replace_between(readme, f"<!-- quote:{name} -->", f"<!-- /quote:{name} -->",
+                                  f"<!-- quote:{name} -->\n{body.strip()}\n<!-- /quote:{name} -->")
+        if quoted is not None and quoted != readme:
+            _write_atomically(README_MD, quoted)
