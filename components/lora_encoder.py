@@ -10,8 +10,11 @@ Contract:
 - ``encode(texts) -> Tensor[N, r]``: identical under left and right padding (position ids come from
   the attention mask; pooling is :mod:`components.pooling`), and the layers after the representation
   module are never run: a forward hook on that module's A matrix captures z and stops the forward.
-- ``save(folder)`` writes the adapter in PEFT format (``PeftModel.from_pretrained`` loads it) and
-  ``flipkd_encoder.json`` (layer, module, pooling, max length, decision threshold, ...).
+- ``save(folder)`` writes the adapter in PEFT format (``PeftModel.from_pretrained`` loads it),
+  ``flipkd_encoder.json`` (layer, module, pooling, max length, decision threshold, ...) and
+  ``flipkd_checksums.json`` (sha256 of those files). ``load`` refuses, naming the file, an adapter whose
+  safetensors file is damaged or truncated, or whose files do not match their sha256 (a folder saved before
+  checksums were written gets only the safetensors check).
 - ``merged_encoder()`` is a plain torch module (every LoRA update merged into the backbone, truncated
   at the representation layer, the one A matrix kept as an output head) whose output equals
   ``encode`` within 1e-5. It is what the ONNX export traces.
@@ -20,6 +23,7 @@ Contract:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -35,6 +40,9 @@ from components.pooling import POOLING_MODES, pool_normalized
 
 ENCODER_FILE = "flipkd_encoder.json"
 ADAPTER_NAME = "default"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+CHECKSUM_FILE = "flipkd_checksums.json"
+CHECKSUMMED = (ADAPTER_WEIGHTS, "adapter_config.json", ENCODER_FILE)
 
 
 @dataclass
@@ -43,9 +51,9 @@ class EncoderConfig:
 
     rank: int = 32
     alpha: float = 64.0
-    # PEFT's default. 0.05 doubled the forward time of a training step here (a random mask for each of the
-    # 210 LoRA modules of SmolLM2 per step; README, "Defaults").
-    dropout: float = 0.0
+    # 0.05 costs time (a random mask for each of the 210 LoRA modules of SmolLM2 per step: the forward of a
+    # step took 2.15 s against 1.08 s at 0) but learned better on the demo (README, "Defaults").
+    dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
     layer: int = -1
     module: str = "q_proj"
@@ -276,6 +284,9 @@ class LoraEncoder(nn.Module):
         meta = {"config": self.config.to_dict(), "layer_index": self.layer_index,
                 "base_model": str(getattr(self.model.get_base_model().config, "_name_or_path", ""))}
         (folder / ENCODER_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        digests = {name: _sha256(folder / name) for name in CHECKSUMMED if (folder / name).is_file()}
+        (folder / CHECKSUM_FILE).write_text(json.dumps({"algorithm": "sha256", "files": digests}, indent=2),
+                                            encoding="utf-8")
         return folder
 
     @classmethod
@@ -285,6 +296,7 @@ class LoraEncoder(nn.Module):
         meta_path = folder / ENCODER_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} is missing: not a flipkd encoder folder")
+        verify_adapter(folder)
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         config = EncoderConfig(**meta["config"])
         peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=is_trainable)
@@ -300,6 +312,50 @@ class LoraEncoder(nn.Module):
         layers = list(backbone.layers[: self.layer_index + 1])
         return MergedEncoder(backbone.embed_tokens, nn.ModuleList(layers[:-1]), _input_norm(layers[-1],
                              self.config.module), head, backbone.rotary_emb, self.config.pooling).eval().float()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_adapter(folder: str | Path) -> None:
+    """Refuse a damaged adapter folder with a ``ValueError`` naming the file.
+
+    The safetensors file must parse (a truncated file does not) and, when ``flipkd_checksums.json`` is there,
+    every listed file must match its sha256 (a flipped byte in the tensor data parses but does not match).
+    """
+    folder = Path(folder)
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise ValueError(f"{weights} is missing: a flipkd adapter is saved as safetensors (no other format is "
+                         f"loaded)")
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            handle.keys()
+    except Exception as err:  # SafetensorError (a bad header, a truncated file) or an OSError
+        raise ValueError(f"{weights} is not a valid safetensors file, truncated or damaged ({err}): retrain or "
+                         f"restore it") from None
+    listing = folder / CHECKSUM_FILE
+    if not listing.is_file():
+        return
+    try:
+        saved = json.loads(listing.read_text(encoding="utf-8"))
+        files = saved["files"]
+        if saved.get("algorithm") != "sha256" or not isinstance(files, dict):
+            raise ValueError("not a sha256 listing")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{listing} is damaged ({err})") from None
+    for name, expected in files.items():
+        path = folder / str(name)
+        if Path(str(name)).name != name or not path.is_file():
+            raise ValueError(f"{listing} lists {name!r}, which is not a file of {folder}")
+        if _sha256(path) != expected:
+            raise ValueError(f"{path} does not match its sha256 in {CHECKSUM_FILE}: modified or damaged after it "
+                             f"was saved; retrain or restore it")
 
 
 def _input_norm(layer: nn.Module, module: str) -> nn.Module:

@@ -29,8 +29,10 @@ from mlflow.tracking import MlflowClient
 from components.augment import AugmentConfig, teacher_labelled_pairs
 from components.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
+from components.distributed import DistributedContext
 from components.lora_encoder import EncoderConfig, LoraEncoder
 from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
+from components.teacher import TeacherScorer
 from components.teacher_signal import TeacherSignal
 from components.trainer import TrainConfig, Trainer, TrainingPairs
 from pipelines import _mlflow
@@ -125,14 +127,28 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
                   encoder_config: EncoderConfig, loss_config: LossConfig, train_config: TrainConfig,
                   filter_scope: str, no_filter: bool, teacher_batch_size: int = 64, teacher_max_length: int = 128,
                   progress: bool = True, log: bool = True, checkpointing: Checkpointing | None = None,
-                  augment: AugmentConfig | None = None) -> StudentRun:
+                  augment: AugmentConfig | None = None, distributed: DistributedContext | None = None) -> StudentRun:
     """Teacher signal -> noise filter -> student training -> evaluation; logs to the active MLflow run.
 
     With ``checkpointing``, the trainer state is saved every ``train_config.checkpoint_every`` steps, and
     ``checkpointing.resume`` (a verified checkpoint) is restored before training continues.
+
+    With ``distributed`` (``world_size > 1``, under torchrun): every rank calls this; the teacher embeddings
+    are computed shard by shard (one shard per rank, shared through the embedding cache), training runs in
+    DistributedDataParallel on the global batch, and only rank 0 (``log=True`` there only) evaluates and logs;
+    the other ranks return right after training, with empty metrics.
     """
     torch.manual_seed(train_config.seed)
     resume = checkpointing.resume if checkpointing else None
+    if distributed is not None and distributed.enabled:
+        fingerprints = distributed.all_gather_object(data_fingerprint(splits))
+        if len(set(map(str, fingerprints))) != 1:
+            raise RuntimeError("the ranks loaded different data (check that every rank sees the same files)")
+        texts = sorted({t for frame in splits.values() for col in ("text_a", "text_b") for t in frame[col]})
+        TeacherScorer(teacher, batch_size=teacher_batch_size, max_length=teacher_max_length,
+                      cache=cache_root(cache_dir) / "teacher_embeddings",
+                      show_progress=False).encode(distributed.shard(texts))
+        distributed.barrier()  # every shard is in the cache: score_and_filter below only reads it
     scored = score_and_filter(splits, teacher=teacher, cache_dir=cache_dir, delta_pos=loss_config.delta_pos,
                               delta_neg=loss_config.delta_neg, filter_scope=filter_scope,
                               teacher_batch_size=teacher_batch_size, teacher_max_length=teacher_max_length,
@@ -167,11 +183,13 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         save_checkpoint(checkpointing.folder, trainer.state_dict(), checkpointing.config)
 
     trainer = Trainer(encoder, loss, pairs, train_config, on_step=on_step if log else None, show_progress=progress,
-                      on_checkpoint=on_checkpoint if checkpointing else None)
+                      on_checkpoint=on_checkpoint if checkpointing else None, distributed=distributed)
     if resume is not None:
         trainer.load_state_dict(resume.state)
         click.echo(f"resumed at step {trainer.step} of {trainer.total_steps} from {resume.path}")
     summary = trainer.train()
+    if distributed is not None and not distributed.is_main:
+        return StudentRun(encoder, signal, {}, 0.5)
     if log:
         mlflow.log_metrics({k: summary[k] for k in ("train_seconds", "train_pairs_per_s", "data_share")})
         mlflow.set_tag("flipkd.precision", trainer.precision)
@@ -223,8 +241,8 @@ def student_options(func):
     for opt in reversed([
         option("--rank", type=click.IntRange(min=1), default=32, help="LoRA rank r: the size of z = A x."),
         option("--lora-alpha", type=POSITIVE, default=64.0, help="LoRA alpha (update scale alpha / r)."),
-        option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
-               help="LoRA dropout (PEFT's default 0; any value draws a mask per LoRA module per step: slower)."),
+        option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05,
+               help="LoRA dropout (0 makes a step faster but learned worse here; README, Defaults)."),
         option("--target-modules", default="all-linear", help="LoRA targets: 'all-linear' or a comma list."),
         option("--layer", type=int, default=-1, help="Representation layer index (-1: the last block)."),
         option("--module", default="q_proj", help="LoRA module whose A output is the representation."),
@@ -330,7 +348,39 @@ def cli(data_args, **o) -> dict:
     With no options: the embedded demo FAQ data, the packaged SmolLM2-135M student and MiniLM teacher.
     Logs the resolved config, per-step losses, dev/test metrics, plots, the noise-filter report, the teacher
     calibration and the LoRA adapter (PEFT format) to MLflow (default store: sqlite:///mlflow.db).
+
+    \b
+    Multi-process: `torchrun --nproc_per_node N -m pipelines.train ...` (DistributedDataParallel; gloo on CPU,
+    nccl on GPU). --batch-size is then the global batch; rank 0 alone talks to MLflow.
     """
+    distributed = DistributedContext.from_env()
+    try:
+        if not distributed.is_main:
+            return _train_worker(data_args, o, distributed)
+        if distributed.enabled and o["resume"]:
+            raise CheckpointError("--resume is not supported under torchrun: resume the run in one process "
+                                  "(same result), or start a new one")
+        return _train_main(data_args, o, distributed)
+    finally:
+        distributed.close()
+
+
+def _train_worker(data_args, o: dict, distributed: DistributedContext) -> dict:
+    """A rank other than 0: the same data and training, no MLflow, no artifacts, no checkpoints."""
+    encoder_config, loss_config, train_config = configs_from_options(o)
+    with _mlflow.scratch_dir() as work:
+        splits = load_splits(data_args, work, o["seed"])
+        train_student(splits, student=o["student"], teacher=o["teacher"], cache_dir=o["cache_dir"],
+                      encoder_config=encoder_config, loss_config=loss_config, train_config=train_config,
+                      filter_scope=o["filter_scope"], no_filter=o["no_filter"],
+                      teacher_batch_size=o["teacher_batch_size"], teacher_max_length=o["teacher_max_length"],
+                      progress=False, log=False, distributed=distributed,
+                      augment=AugmentConfig(o["extra_pairs_per_pair"], o["extra_neighbour_share"],
+                                            o["extra_positive_threshold"], o["seed"]))
+    return {"rank": distributed.rank}
+
+
+def _train_main(data_args, o: dict, distributed: DistributedContext) -> dict:
     encoder_config, loss_config, train_config = configs_from_options(o)
     started = time.perf_counter()
     resume_id = resume_target(o["resume"], o["cache_dir"])
@@ -363,7 +413,7 @@ def cli(data_args, **o) -> dict:
                                    filter_scope=o["filter_scope"], no_filter=o["no_filter"],
                                    teacher_batch_size=o["teacher_batch_size"],
                                    teacher_max_length=o["teacher_max_length"], progress=o["progress"],
-                                   checkpointing=checkpoints,
+                                   checkpointing=checkpoints, distributed=distributed,
                                    augment=AugmentConfig(o["extra_pairs_per_pair"], o["extra_neighbour_share"],
                                                          o["extra_positive_threshold"], o["seed"]))
         m = result.metrics
