@@ -377,6 +377,7 @@ def cli(**o) -> dict:
             served = bundles[o["serve"]]
             if faq:
                 add_faq(served, faq, o["threads"])
+            onnx_pyfunc.write_checksums(served)  # last: load_context refuses a bundle changed after this
             mlflow.pyfunc.log_model(name=MODEL_NAME, **pyfunc_arguments(served, limits.top_k, example_pairs(dev)))
             mlflow.set_tag("flipkd.deployable", "true")
             run_id = active.info.run_id

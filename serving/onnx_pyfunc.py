@@ -11,7 +11,10 @@ The model folder (one artifact, ``bundle``) holds:
 - ``flipkd_serving.json`` (:data:`CONFIG_FILE`): max length, EOS/pad ids, padding side, instruction prefix,
   decision threshold, limits, top-k;
 - with an FAQ: ``faq.json`` (ids and texts) and ``faq_embeddings.npy`` (float32 [M, r], read with
-  ``allow_pickle=False``), embedded once at export time by the served ONNX file.
+  ``allow_pickle=False``), embedded once at export time by the served ONNX file;
+- ``flipkd_checksums.json`` (:data:`CHECKSUM_FILE`): sha256 of every other file, written last by ``export``.
+  ``load_context`` refuses, naming the file, a bundle whose files do not match it (a bundle without the
+  listing, exported before it existed, is loaded unchecked).
 
 Text is tokenized exactly as ``LoraEncoder.tokenize`` does: instruction prefix, the tokenizer's own special
 tokens, truncation to ``max_length - 1`` tokens, EOS appended, padding on the tokenizer's side. So the
@@ -40,6 +43,7 @@ cut to ``max_chars`` characters instead and the output gets a boolean ``truncate
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -62,6 +66,7 @@ MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 FAQ_FILE = "faq.json"
 FAQ_EMBEDDINGS_FILE = "faq_embeddings.npy"
+CHECKSUM_FILE = "flipkd_checksums.json"
 THREADS_ENV = "FLIPKD_ONNX_THREADS"
 FORMS = {"pairs": ("text_a", "text_b"), "texts": ("text",), "faq": ("query",)}
 TOP_K_MAX = 100
@@ -88,6 +93,54 @@ def make_session(path: str | Path, threads: int | None = None) -> ort.InferenceS
         options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: str | Path) -> dict[str, str]:
+    """Write :data:`CHECKSUM_FILE`: the sha256 of every other file of the bundle (call it last)."""
+    folder = Path(folder)
+    digests = {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*"))
+               if p.is_file() and p.name != CHECKSUM_FILE}
+    (folder / CHECKSUM_FILE).write_text(json.dumps({"algorithm": "sha256", "files": digests}, indent=2),
+                                        encoding="utf-8")
+    return digests
+
+
+def verify_checksums(folder: str | Path) -> None:
+    """Refuse (ValueError naming the file) a bundle whose files do not match :data:`CHECKSUM_FILE`, or whose
+    listing leaves out a file the model reads. Without the listing (an older export) nothing is checked."""
+    folder = Path(folder)
+    listing = folder / CHECKSUM_FILE
+    if not listing.is_file():
+        return
+    try:
+        saved = json.loads(listing.read_text(encoding="utf-8"))
+        files = saved["files"]
+        if saved.get("algorithm") != "sha256" or not isinstance(files, dict):
+            raise ValueError("not a sha256 listing")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{listing} is damaged ({err}): export the model again") from None
+    root = folder.resolve()
+    for name, expected in files.items():
+        path = (folder / str(name)).resolve()
+        if root not in path.parents or not path.is_file():
+            raise ValueError(f"{listing} lists {name!r}, which is not a file of the model bundle {folder}")
+        if _sha256(path) != expected:
+            raise ValueError(f"{folder / str(name)} does not match its sha256 in {CHECKSUM_FILE}: the model file was "
+                             f"modified or damaged after export; export the model again")
+    config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    needed = [CONFIG_FILE, *(config.get(key) or DEFAULTS[key] for key in ("model_file", "tokenizer_file")),
+              *(config[key] for key in ("faq_file", "faq_embeddings_file") if config.get(key))]
+    unlisted = [name for name in needed if name not in files]
+    if unlisted:
+        raise ValueError(f"{listing} has no sha256 for {', '.join(unlisted)}: export the model again")
 
 
 class OnnxTextEncoder:
@@ -175,6 +228,7 @@ class FlipKDOnnxModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         folder = Path(context.artifacts[BUNDLE])
+        verify_checksums(folder)
         self.encoder = OnnxTextEncoder(folder)
         self.config = self.encoder.config
         self.faq_ids: list[str] = []
@@ -232,6 +286,10 @@ class FlipKDOnnxModel(mlflow.pyfunc.PythonModel):
     # -------------------------------------------------------------------------------- prediction
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         frame = _as_frame(model_input)
+        if len(frame.columns) == 0:  # an empty request, or only columns MLflow's schema check dropped
+            raise bad_input("no rows and no recognised column: send at least one row with exactly one of: text_a "
+                            "and text_b (pair scores), text (embeddings), query (FAQ top-k); other columns are "
+                            "ignored")
         if len(frame) > int(self.config["max_rows"]):
             raise bad_input(f"{len(frame)} rows; the limit is {self.config['max_rows']} per request")
         if len(frame) == 0:
