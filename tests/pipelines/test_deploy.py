@@ -212,8 +212,9 @@ def test_train_export_promote_serve(mlflow_env, tiny_model_args, tmp_path):
     assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
     assert client.get_model_version_by_alias(NAME, "challenger").run_id == exported2.info.run_id
 
-    # 4. the default (int8 served) fails the int8 gate on a tiny random model: exit 2, no model, not promotable
-    result, failed = run_export(client, "--model", first)
+    # 4. an int8 copy that misses its gate (a min cosine of 1.0 no quantised model reaches): exit 2, no model,
+    #    not promotable
+    result, failed = run_export(client, "--model", first, "--int8-min-cosine", "1.0")
     assert result.exit_code == 2, result.output
     assert "not deployable" in result.output and "int8" in result.output
     assert failed.data.tags["flipkd.deployable"] == "false" and failed.info.status == "FINISHED"
