@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from components.composite_loss import FlipKDLoss
+from components.distributed import DistributedContext
 from components.lora_encoder import LoraEncoder
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -143,13 +144,24 @@ class Trainer:
 
     ``on_checkpoint(step)`` is called every ``config.checkpoint_every`` steps and after the last step (never
     when ``checkpoint_every`` is 0), right after ``on_step``; it typically saves :meth:`state_dict`.
+
+    ``distributed`` (a :class:`~components.distributed.DistributedContext` with ``world_size > 1``): the encoder
+    runs in DistributedDataParallel, each rank encodes its slice of every global batch of
+    ``config.batch_size`` pairs, and the loss is computed on the all-gathered representations, so a step
+    equals the single-process step on the same global batch. Pass the callbacks on rank 0 only.
     """
 
     def __init__(self, encoder: LoraEncoder, loss: FlipKDLoss, pairs: TrainingPairs, config: TrainConfig,
                  on_step: StepCallback | None = None, show_progress: bool = True,
-                 on_checkpoint: CheckpointCallback | None = None) -> None:
+                 on_checkpoint: CheckpointCallback | None = None,
+                 distributed: DistributedContext | None = None) -> None:
         if len(pairs) == 0:
             raise ValueError("no training pairs left (did the noise filter drop them all?)")
+        self.distributed = distributed or DistributedContext()
+        if self.distributed.enabled and loss.config.sup_mode == "generative":
+            raise ValueError("sup_mode 'generative' is not supported in multi-process training yet; "
+                             "use sup_mode 'representation' or one process")
+        self._forward = self.distributed.wrap(encoder)
         self.encoder, self.loss, self.pairs, self.config = encoder, loss, pairs, config
         self.on_step, self.show_progress, self.on_checkpoint = on_step, show_progress, on_checkpoint
         self.precision = "fp32" if config.naive else resolve_precision(config.precision)
@@ -244,7 +256,9 @@ class Trainer:
     def train_step(self, index: list[int]) -> dict[str, float]:
         t0 = time.perf_counter()
         p = self.pairs
-        texts = [p.text_a[i] for i in index] + [p.text_b[i] for i in index]
+        local = self.distributed.local_slice(index) if self.distributed.enabled else index
+        rows = local or index[:1]  # a rank with no pair this step still runs the forward DDP expects
+        texts = [p.text_a[i] for i in rows] + [p.text_b[i] for i in rows]
         batch = self._tokenize(texts)
         teacher = p.teacher_matrix(index)
         labels = torch.as_tensor(p.labels[index], dtype=torch.float32)
@@ -254,15 +268,20 @@ class Trainer:
         self.encoder._stop_early = not self.config.naive
         label_logprobs = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            z = self.encoder(**batch)
+            z = self._forward(**batch)
             gold = index if p.labelled is None else [i for i in index if p.labelled[i]]
             if self.loss.config.sup_mode == "generative" and gold:  # L_sup through the decoder path
                 label_logprobs = self.encoder.label_logprobs(**self.encoder.tokenize_pairs(
                     [p.text_a[i] for i in gold], [p.text_b[i] for i in gold]))
         z = z.float()
+        if self.distributed.enabled:  # the global batch, in batch order, differentiable
+            pieces = self.distributed.all_gather_with_grad(z if local else z[:0])
+            z_a = torch.cat([q[: len(q) // 2] for q in pieces])
+            z_b = torch.cat([q[len(q) // 2:] for q in pieces])
+        else:
+            z_a, z_b = z[: len(index)], z[len(index):]
         labelled = None if p.labelled is None else torch.as_tensor(p.labelled[index], dtype=torch.bool)
-        parts = self.loss(z[: len(index)], z[len(index):], teacher, labels, keep, label_logprobs=label_logprobs,
-                          labelled=labelled)
+        parts = self.loss(z_a, z_b, teacher, labels, keep, label_logprobs=label_logprobs, labelled=labelled)
         self.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         params = [q for group in self.optimizer.param_groups for q in group["params"]]

@@ -145,9 +145,10 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         if len(set(map(str, fingerprints))) != 1:
             raise RuntimeError("the ranks loaded different data (check that every rank sees the same files)")
         texts = sorted({t for frame in splits.values() for col in ("text_a", "text_b") for t in frame[col]})
-        TeacherScorer(teacher, batch_size=teacher_batch_size, max_length=teacher_max_length,
-                      cache=cache_root(cache_dir) / "teacher_embeddings",
-                      show_progress=False).encode(distributed.shard(texts))
+        with torch.random.fork_rng(devices=[]):  # loading a model draws from torch's RNG: keep the LoRA init as is
+            TeacherScorer(teacher, batch_size=teacher_batch_size, max_length=teacher_max_length,
+                          cache=cache_root(cache_dir) / "teacher_embeddings",
+                          show_progress=False).encode(distributed.shard(texts))
         distributed.barrier()  # every shard is in the cache: score_and_filter below only reads it
     scored = score_and_filter(splits, teacher=teacher, cache_dir=cache_dir, delta_pos=loss_config.delta_pos,
                               delta_neg=loss_config.delta_neg, filter_scope=filter_scope,
