@@ -38,6 +38,7 @@ import click
 import numpy as np
 import torch
 
+from benchmarks._results import write_section
 from components.demo_data import demo_pairs
 from components.lora_encoder import EncoderConfig, LoraEncoder
 from components.models import STUDENT_DEFAULT, load_student, resolve_student
@@ -224,7 +225,27 @@ def cli(model, student, threads, n_texts, n_requests, dev_pairs, quick, output, 
     for key, value in results.items():
         click.echo(f"{key:<{width}}  {value}")
     click.echo(f"wrote {output}" + ("  (quick check: not a measurement)" if quick else ""))
+    if not quick and output == RESULTS:
+        write_section("inference", markdown(record))
     return record
+
+
+def markdown(record: dict) -> str:
+    """The RESULTS.md section, rendered from the JSON record."""
+    r = record
+    rows = [("texts/s, batch 32: torch fp32 / ONNX fp32 / ONNX int8",
+             f"{r['torch_fp32_b32_tps']} / {r['onnx_fp32_b32_tps']} / {r['onnx_int8_b32_tps']}"),
+            ("texts/s, batch 1: torch fp32 / ONNX fp32 / ONNX int8",
+             f"{r['torch_fp32_b1_tps']} / {r.get('onnx_fp32_b1_tps', '-')} / {r['onnx_int8_b1_tps']}"),
+            ("int8 / torch fp32, batch 32", f"{r['onnx_int8_b32_tps'] / r['torch_fp32_b32_tps']:.2f}x"),
+            ("fp32 max abs diff vs torch", f"{r['fp32_max_abs_diff']:.1e}"),
+            ("int8 min cosine vs torch", f"{r['int8_min_cosine']:.4f}"),
+            ("int8 dev F1 delta", f"{r['int8_dev_f1_delta']:+.4f}"),
+            ("HTTP one pair p50 / p95, ms", f"{r.get('http_pair_p50_ms', '-')} / {r.get('http_pair_p95_ms', '-')}"),
+            ("HTTP one FAQ query p50 / p95, ms", f"{r.get('http_faq_p50_ms', '-')} / {r.get('http_faq_p95_ms', '-')}")]
+    head = (f"Command: `python -m benchmarks.inference --model {r['model']}` ({r['description']}; {r['threads']} "
+            f"threads, exporter {r['exporter']} opset {r['opset']}, {r['parity_pairs']} dev pairs for parity).")
+    return "\n".join([head, "", "| figure | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
 
 
 if __name__ == "__main__":
