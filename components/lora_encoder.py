@@ -23,7 +23,6 @@ Contract:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -36,12 +35,12 @@ from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
+from components.checksums import CHECKSUM_FILE, verify_checksums, write_checksums  # noqa: F401
 from components.pooling import POOLING_MODES, pool_normalized
 
 ENCODER_FILE = "flipkd_encoder.json"
 ADAPTER_NAME = "default"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-CHECKSUM_FILE = "flipkd_checksums.json"
 CHECKSUMMED = (ADAPTER_WEIGHTS, "adapter_config.json", ENCODER_FILE)
 
 
@@ -284,9 +283,7 @@ class LoraEncoder(nn.Module):
         meta = {"config": self.config.to_dict(), "layer_index": self.layer_index,
                 "base_model": str(getattr(self.model.get_base_model().config, "_name_or_path", ""))}
         (folder / ENCODER_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        digests = {name: _sha256(folder / name) for name in CHECKSUMMED if (folder / name).is_file()}
-        (folder / CHECKSUM_FILE).write_text(json.dumps({"algorithm": "sha256", "files": digests}, indent=2),
-                                            encoding="utf-8")
+        write_checksums(folder, CHECKSUMMED)
         return folder
 
     @classmethod
@@ -314,14 +311,6 @@ class LoraEncoder(nn.Module):
                              self.config.module), head, backbone.rotary_emb, self.config.pooling).eval().float()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_adapter(folder: str | Path) -> None:
     """Refuse a damaged adapter folder with a ``ValueError`` naming the file.
 
@@ -339,23 +328,7 @@ def verify_adapter(folder: str | Path) -> None:
     except Exception as err:  # SafetensorError (a bad header, a truncated file) or an OSError
         raise ValueError(f"{weights} is not a valid safetensors file, truncated or damaged ({err}): retrain or "
                          f"restore it") from None
-    listing = folder / CHECKSUM_FILE
-    if not listing.is_file():
-        return
-    try:
-        saved = json.loads(listing.read_text(encoding="utf-8"))
-        files = saved["files"]
-        if saved.get("algorithm") != "sha256" or not isinstance(files, dict):
-            raise ValueError("not a sha256 listing")
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{listing} is damaged ({err})") from None
-    for name, expected in files.items():
-        path = folder / str(name)
-        if Path(str(name)).name != name or not path.is_file():
-            raise ValueError(f"{listing} lists {name!r}, which is not a file of {folder}")
-        if _sha256(path) != expected:
-            raise ValueError(f"{path} does not match its sha256 in {CHECKSUM_FILE}: modified or damaged after it "
-                             f"was saved; retrain or restore it")
+    verify_checksums(folder, "retrain or restore it")
 
 
 def _input_norm(layer: nn.Module, module: str) -> nn.Module:

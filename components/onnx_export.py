@@ -31,6 +31,7 @@ import onnxruntime as ort
 import torch
 
 from components.lora_encoder import LoraEncoder, MergedEncoder
+from components.onnx_session import make_session as ort_session  # noqa: F401  (re-exported)
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "pooled"
@@ -165,16 +166,6 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, exclude_down_pro
 
 
 # ----------------------------------------------------------------------------------------------- running
-
-
-def ort_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session; ``threads`` sets intra-op threads (None: ONNX Runtime's default)."""
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session: ort.InferenceSession, input_ids, attention_mask) -> np.ndarray:

@@ -283,7 +283,9 @@ def pyfunc_arguments(bundle: Path, top_k: int, example: pd.DataFrame) -> dict:
     """Keyword arguments shared by ``mlflow.pyfunc.log_model`` and ``save_model``."""
     return {"python_model": FlipKDOnnxModel(), "artifacts": {BUNDLE: str(bundle)},
             "signature": model_signature(top_k), "input_example": example, "pip_requirements": PIP_REQUIREMENTS,
-            "code_paths": [str(Path(onnx_pyfunc.__file__).parent)]}
+            # serving/ and the torch-free component modules it imports (checksums, onnx_session)
+            "code_paths": [str(Path(onnx_pyfunc.__file__).parent), str(Path(onnx_pyfunc.__file__).parent.parent
+                                                                        / "components")]}
 
 
 def example_pairs(dev: pd.DataFrame, n: int = 2) -> pd.DataFrame:

@@ -43,7 +43,6 @@ cut to ``max_chars`` characters instead and the output gets a boolean ``truncate
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -53,11 +52,14 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
-import onnxruntime as ort
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from tokenizers import Tokenizer
+
+from components.checksums import CHECKSUM_FILE, write_checksums  # noqa: F401  (export calls it from here)
+from components.checksums import verify_checksums as _verify_listing
+from components.onnx_session import make_session
 
 CONFIG_FILE = "flipkd_serving.json"
 FORMAT = "flipkd-serving/1"
@@ -66,7 +68,6 @@ MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 FAQ_FILE = "faq.json"
 FAQ_EMBEDDINGS_FILE = "faq_embeddings.npy"
-CHECKSUM_FILE = "flipkd_checksums.json"
 THREADS_ENV = "FLIPKD_ONNX_THREADS"
 FORMS = {"pairs": ("text_a", "text_b"), "texts": ("text",), "faq": ("query",)}
 TOP_K_MAX = 100
@@ -85,62 +86,16 @@ def bad_input(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def make_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session; ``threads`` sets the intra-op thread count (None: ONNX Runtime's default)."""
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_checksums(folder: str | Path) -> dict[str, str]:
-    """Write :data:`CHECKSUM_FILE`: the sha256 of every other file of the bundle (call it last)."""
-    folder = Path(folder)
-    digests = {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*"))
-               if p.is_file() and p.name != CHECKSUM_FILE}
-    (folder / CHECKSUM_FILE).write_text(json.dumps({"algorithm": "sha256", "files": digests}, indent=2),
-                                        encoding="utf-8")
-    return digests
-
-
 def verify_checksums(folder: str | Path) -> None:
     """Refuse (ValueError naming the file) a bundle whose files do not match :data:`CHECKSUM_FILE`, or whose
     listing leaves out a file the model reads. Without the listing (an older export) nothing is checked."""
     folder = Path(folder)
-    listing = folder / CHECKSUM_FILE
-    if not listing.is_file():
+    if not (folder / CHECKSUM_FILE).is_file():
         return
-    try:
-        saved = json.loads(listing.read_text(encoding="utf-8"))
-        files = saved["files"]
-        if saved.get("algorithm") != "sha256" or not isinstance(files, dict):
-            raise ValueError("not a sha256 listing")
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{listing} is damaged ({err}): export the model again") from None
-    root = folder.resolve()
-    for name, expected in files.items():
-        path = (folder / str(name)).resolve()
-        if root not in path.parents or not path.is_file():
-            raise ValueError(f"{listing} lists {name!r}, which is not a file of the model bundle {folder}")
-        if _sha256(path) != expected:
-            raise ValueError(f"{folder / str(name)} does not match its sha256 in {CHECKSUM_FILE}: the model file was "
-                             f"modified or damaged after export; export the model again")
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     needed = [CONFIG_FILE, *(config.get(key) or DEFAULTS[key] for key in ("model_file", "tokenizer_file")),
               *(config[key] for key in ("faq_file", "faq_embeddings_file") if config.get(key))]
-    unlisted = [name for name in needed if name not in files]
-    if unlisted:
-        raise ValueError(f"{listing} has no sha256 for {', '.join(unlisted)}: export the model again")
+    _verify_listing(folder, "export the model again", required=needed)
 
 
 class OnnxTextEncoder:
