@@ -45,7 +45,6 @@ from serving.onnx_pyfunc import (
     FORMAT,
     MODEL_FILE,
     TOKENIZER_FILE,
-    FlipKDOnnxModel,
     OnnxTextEncoder,
 )
 
@@ -281,7 +280,9 @@ def model_signature(top_k: int):
 
 def pyfunc_arguments(bundle: Path, top_k: int, example: pd.DataFrame) -> dict:
     """Keyword arguments shared by ``mlflow.pyfunc.log_model`` and ``save_model``."""
-    return {"python_model": FlipKDOnnxModel(), "artifacts": {BUNDLE: str(bundle)},
+    # models from code: the pyfunc is rebuilt from serving/model_code.py at load, never unpickled
+    return {"python_model": str(Path(onnx_pyfunc.__file__).parent / "model_code.py"),
+            "artifacts": {BUNDLE: str(bundle)},
             "signature": model_signature(top_k), "input_example": example, "pip_requirements": PIP_REQUIREMENTS,
             # serving/ and the torch-free component modules it imports (checksums, onnx_session)
             "code_paths": [str(Path(onnx_pyfunc.__file__).parent), str(Path(onnx_pyfunc.__file__).parent.parent

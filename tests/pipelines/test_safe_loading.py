@@ -160,9 +160,6 @@ def test_pyfunc_refuses_a_tampered_bundle_file(artifacts, tmp_path, name):
         mlflow.pyfunc.load_model(str(model))
 
 
-@pytest.mark.xfail(strict=True, reason="mlflow.pyfunc.log_model(python_model=<object>) stores the model class "
-                                       "with cloudpickle (python_model.pkl), unpickled when the model loads; "
-                                       "MLflow's models-from-code logging would avoid it")
 def test_exported_model_holds_no_pickle(artifacts):
     pickles = [p.name for p in artifacts[2].rglob("*") if p.suffix in (".pkl", ".pickle", ".joblib")]
     assert not pickles, pickles
