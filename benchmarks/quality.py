@@ -11,11 +11,14 @@ Spearman on the graded score).
 
 Variants: ``teacher_base`` (off-the-shelf teacher cosine), ``teacher_finetuned`` (the teacher fine-tuned on the
 train split with CoSENT, the one every student is distilled from), ``student_zeroshot`` (the student's LoRA
-A-encoder untrained: A random, B zero, so the LLM itself is unchanged), and seven trained students:
+A-encoder untrained: A random, B zero, so the LLM itself is unchanged), and nine trained students:
 ``sup_only`` (L_sup), ``arccse`` (L_sup + L_MCL with one fixed margin), ``infonce`` (L_sup + L_MCL without
 margin), ``flip_full`` (L_sup + L_dist + L_MCL, teacher-aware margin, noise filter), ``flip_no_mcl``,
-``flip_no_dist`` and ``flip_no_filter``. Every trained variant keeps the noise filter (scope: teacher-driven
-terms) except ``flip_no_filter``, so ``arccse``/``infonce``/``flip_no_dist`` differ only in the margin rule.
+``flip_no_dist``, ``flip_no_filter``, and the joint-scoring levers (METHOD.md, Inference): ``flip_joint``
+(flip_full with the generative L_sup, scored by P("yes" | pair) through the decoder path; its cosine reading is
+kept as ``cosine_f1``) and ``flip_joint_aug`` (plus teacher-labelled extra pairs). Every trained variant keeps
+the noise filter (scope: teacher-driven terms) except ``flip_no_filter``, so ``arccse``/``infonce``/``flip_no_dist``
+differ only in the margin rule.
 
 MLflow: experiment ``flipkd-benchmark``; one parent run per invocation, one nested child run per
 (dataset, variant, seed) named ``<dataset>/<variant>/seed<k>``. Teacher variants run once (seed 0, std 0);
@@ -63,20 +66,24 @@ EXPERIMENT = "flipkd-benchmark"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_FILE, QUICK_FILE = "quality.json", "quality_quick.json"
 
-# Default budget: the full benchmark (3 datasets, 7 trained variants x 3 seeds) must fit 2 hours here.
-DEFAULT_COUNTS = {"max_train": 160, "max_dev": 96, "max_test": 160}
+# Default budget: the full benchmark (3 datasets, 9 trained variants x 3 seeds) must fit 2 hours here.
+DEFAULT_COUNTS = {"max_train": 96, "max_dev": 64, "max_test": 96}
 QUICK_COUNTS = {"max_train": 96, "max_dev": 64, "max_test": 96}
 QUICK_DATASET = "mediqa2019_rqe"
 BUDGET_SECONDS, QUICK_BUDGET_SECONDS = 2 * 3600, 15 * 60
 
 # Throughput assumptions of the time estimate (2 shared CPU cores, default config).
 ASSUMED = {
-    "train_pairs_per_s": 4.0,  # student training, default config (brief: ~4 pairs/s)
+    "train_pairs_per_s": 4.7,  # student training, default config (benchmarks/results/throughput.json)
     "teacher_texts_per_s": 60.0,  # teacher inference (MiniLM, brief: ~60 texts/s)
     "teacher_train_pairs_per_s": 10.0,  # teacher fine-tuning: 2 texts per pair, forward+backward ~3 forwards
     "student_texts_per_s": 24.0,  # student encode: training does 8 texts/s at ~3 forwards each
-    "run_overhead_s": 12.0,  # per student run: load + LoRA wrap, plots, adapter artifact, MLflow
+    "run_overhead_s": 6.0,  # per student run: load + LoRA wrap, plots, adapter artifact, MLflow
+    "joint_slowdown": 2.6,  # generative L_sup: full-depth forward of the pair prompt, and joint scoring at eval
 }
+
+
+JOINT_AUG_PER_PAIR = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,12 @@ class Variant:
     margin_rule: str = "aware"
     no_filter: bool = False
     description: str = ""
+    sup_mode: str = "representation"  # "generative": L_sup on the label word, scored jointly (decoder path)
+    extra_per_pair: float = 0.0  # teacher-labelled extra pairs per labelled pair (components.augment)
+
+    @property
+    def joint(self) -> bool:
+        return self.sup_mode == "generative"
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -101,8 +114,13 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("flip_no_dist", "trained", ("sup", "mcl"), "aware", description="flip_full without L_dist"),
     Variant("flip_no_filter", "trained", ("sup", "dist", "mcl"), "aware", True,
             description="flip_full without the noise filter"),
+    Variant("flip_joint", "trained", ("sup", "dist", "mcl"), "aware", sup_mode="generative",
+            description="flip_full with the generative L_sup; scored jointly, P(yes | pair)"),
+    Variant("flip_joint_aug", "trained", ("sup", "dist", "mcl"), "aware", sup_mode="generative",
+            extra_per_pair=JOINT_AUG_PER_PAIR,
+            description=f"flip_joint plus {JOINT_AUG_PER_PAIR:g} teacher-labelled extra pair(s) per labelled pair"),
 )}
-FIXED_BY_VARIANT = {"parts", "margin_rule", "seed"}
+FIXED_BY_VARIANT = {"parts", "margin_rule", "seed", "sup_mode"}
 
 
 # ----------------------------------------------------------------------------------------------- configuration
@@ -255,16 +273,17 @@ def estimate_seconds(sizes: dict[str, dict[str, dict]], plan: Plan) -> dict[str,
     """Seconds per dataset (and ``total``) from the built sizes and the ``ASSUMED`` throughputs.
 
     The assumed rates hold for the demo data at the default config; they are scaled by the estimated tokens per
-    text of each dataset (work is about linear in tokens at these lengths; never below 0.75 of the reference).
+    text of each dataset by the square root of the token ratio (per-batch overheads make the work grow slower than
+    the tokens at these lengths: measured on mediqa2019_rqe, 2x the demo's tokens cost 1.25x; never below 0.75).
     """
     a, out = plan.assumed, {}
     ref = reference_tokens()
-    trained = sum(VARIANTS[v].kind == "trained" for v in plan.variants)
+    trained = any(VARIANTS[v].kind == "trained" for v in plan.variants)
     zeroshot = sum(VARIANTS[v].kind == "zeroshot" for v in plan.variants)
     needs_teacher = trained or "teacher_finetuned" in plan.variants
     for name, size in sizes.items():
         tokens = size.get("tokens", {})
-        slow = {key: max(0.75, tokens.get(key, ref[base]) / ref[base]) for key, base in
+        slow = {key: max(0.75, tokens.get(key, ref[base]) / ref[base]) ** 0.5 for key, base in
                 (("train_student", "student"), ("eval_student", "student"), ("teacher", "teacher"))}
         train_pairs = size["train"]["pairs"]
         eval_texts = size["dev"]["texts"] + size["test"]["texts"]
@@ -272,13 +291,18 @@ def estimate_seconds(sizes: dict[str, dict[str, dict]], plan: Plan) -> dict[str,
         pairs_seen = (plan.train.max_steps * plan.train.batch_size if plan.train.max_steps
                       else math.ceil(train_pairs * plan.train.epochs))
         evaluate = eval_texts / a["student_texts_per_s"] * slow["eval_student"]
-        student_run = pairs_seen / a["train_pairs_per_s"] * slow["train_student"] + evaluate + a["run_overhead_s"]
         zeroshot_run = evaluate + a["run_overhead_s"]
+        student_runs = 0.0
+        for variant in (VARIANTS[v] for v in plan.variants if VARIANTS[v].kind == "trained"):
+            factor = a["joint_slowdown"] if variant.joint else 1.0
+            seen = pairs_seen * (1 + variant.extra_per_pair)
+            student_runs += (factor * (seen / a["train_pairs_per_s"] * slow["train_student"] + evaluate)
+                             + a["run_overhead_s"])
         teacher = all_texts / a["teacher_texts_per_s"]  # base-teacher embeddings (banking pools, teacher_base)
         if needs_teacher:
             teacher += (train_pairs * plan.teacher_finetune.epochs / a["teacher_train_pairs_per_s"]
                         + (eval_texts + size["train"]["texts"]) / a["teacher_texts_per_s"])
-        out[name] = len(plan.seeds) * (trained * student_run + zeroshot * zeroshot_run) + teacher * slow["teacher"]
+        out[name] = len(plan.seeds) * (student_runs + zeroshot * zeroshot_run) + teacher * slow["teacher"]
     out["total"] = sum(out.values())
     return out
 
@@ -348,17 +372,25 @@ def run_zeroshot(splits: dict, seed: int, plan: Plan) -> dict[str, float]:
 
 
 def run_trained(splits: dict, variant: Variant, seed: int, teacher_dir: Path, plan: Plan) -> dict[str, float]:
+    from components.augment import AugmentConfig
     from pipelines.train import train_student
 
-    loss = dataclasses.replace(plan.loss, parts=variant.parts, margin_rule=variant.margin_rule)
+    loss = dataclasses.replace(plan.loss, parts=variant.parts, margin_rule=variant.margin_rule,
+                               sup_mode=variant.sup_mode)
     train = dataclasses.replace(plan.train, seed=seed)
     encoder = copy.deepcopy(plan.encoder)
+    augment = AugmentConfig(per_pair=variant.extra_per_pair, seed=seed) if variant.extra_per_pair else None
     _log_config(encoder, loss, train, variant)
     result = train_student(splits, student=plan.student, teacher=str(teacher_dir), cache_dir=plan.cache_dir,
                            encoder_config=encoder, loss_config=loss, train_config=train,
-                           filter_scope="teacher_terms", no_filter=variant.no_filter, progress=False, log=True)
+                           filter_scope="teacher_terms", no_filter=variant.no_filter, progress=False, log=True,
+                           augment=augment)
     logged = mlflow.get_run(mlflow.active_run().info.run_id).data.metrics
     metrics = dict(result.metrics)
+    if variant.joint:  # the joint scores are the variant's result; its cosine reading is kept as cosine_*
+        cosine = {f"cosine_{k}": v for k, v in metrics.items() if not k.startswith(("joint_", "teacher_"))}
+        metrics = {**{k: v for k, v in metrics.items() if k.startswith("teacher_")}, **cosine,
+                   **{k.removeprefix("joint_"): v for k, v in metrics.items() if k.startswith("joint_")}}
     for key in ("train_seconds", "train_pairs_per_s", "filter_fraction_dropped"):
         if key in logged:
             metrics[key] = logged[key]
@@ -373,7 +405,8 @@ def _log_config(encoder: EncoderConfig, loss: LossConfig, train: TrainConfig, va
     from pipelines import _mlflow
 
     _mlflow.log_params({"encoder": encoder.to_dict(), "loss": loss.to_dict(), "train": train.to_dict(),
-                        "filter": {"scope": "teacher_terms", "disabled": variant.no_filter}})
+                        "filter": {"scope": "teacher_terms", "disabled": variant.no_filter},
+                        "extra_pairs_per_pair": variant.extra_per_pair})
 
 
 def run_cell(dataset: str, splits: dict, variant: Variant, seed: int, plan: Plan,
@@ -413,7 +446,7 @@ def run_cell(dataset: str, splits: dict, variant: Variant, seed: int, plan: Plan
         if "test_spearman" in metrics:  # graded data; None when the scores are constant
             record["spearman"] = _finite(metrics["test_spearman"])
         for key in ("train_seconds", "train_pairs_per_s", "filter_fraction_dropped", "filter_fraction_flagged",
-                    "teacher_test_f1"):
+                    "teacher_test_f1", "cosine_test_f1", "cosine_dev_f1"):
             if _finite(metrics.get(key)) is not None:
                 record[key] = float(metrics[key])
         record["run_seconds"] = time.perf_counter() - started
@@ -444,7 +477,8 @@ def summarise(records: list[dict[str, Any]], variant: Variant, plan: Plan, paren
     for key, name in (("f1", "f1"), ("average_precision", "ap"), ("spearman", "spearman"), ("dev_f1", "dev_f1"),
                       ("train_seconds", "train_seconds"), ("train_pairs_per_s", "train_pairs_per_s"),
                       ("filter_fraction_dropped", "filter_fraction_dropped"),
-                      ("filter_fraction_flagged", "filter_fraction_flagged")):
+                      ("filter_fraction_flagged", "filter_fraction_flagged"),
+                      ("cosine_test_f1", "cosine_f1")):
         found = stats(key)
         if found is not None:
             entry[f"{name}_mean"], entry[f"{name}_std"] = found
