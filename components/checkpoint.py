@@ -8,7 +8,9 @@ A checkpoint is one folder ``<root>/step-<8 digits>/`` holding :meth:`components
     scheduler.json          the LR scheduler state (last_epoch, base_lrs, ...)
     rng.safetensors         torch's global CPU RNG state (uint8)
     rng.json                python ``random`` and numpy global RNG states
-    trainer.json            format, step (the data position), schedule length, timing, config and its fingerprint
+    trainer.json            format, step (the data position), schedule length, timing, early stopping, config and
+                            its fingerprint
+    best.safetensors        with early stopping only: the best parameters so far (``encoder.*``, ``loss.*``)
     checksums.json          sha256 of every file above
 
 Writing: every file goes into a temporary ``.tmp-*`` folder beside the target and is fsynced, then the folder
@@ -44,6 +46,7 @@ FORMAT = 1
 CHECKSUMS = "checksums.json"
 FILES = ("parameters.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "rng.safetensors",
          "rng.json", "trainer.json")
+OPTIONAL_FILES = ("best.safetensors",)
 _NAME = re.compile(r"step-(\d{8})")
 
 
@@ -150,7 +153,8 @@ def _encode(state: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, by
     python_rng = state["rng"]["python"]
     numpy_rng = state["rng"]["numpy"]
     flat = flat_config(config)
-    return {
+    best = state.get("best_parameters")
+    return {**({"best.safetensors": save_tensors({n: _tensor(v) for n, v in best.items()})} if best else {}),
         "parameters.safetensors": save_tensors({n: _tensor(state["parameters"][n]) for n in names}),
         "optimizer.safetensors": save_tensors(opt_tensors),
         "optimizer.json": _json({"parameter_names": names, "param_groups": groups, "state": opt_state}),
@@ -160,7 +164,8 @@ def _encode(state: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, by
                            "numpy": [numpy_rng[0], np.asarray(numpy_rng[1]).tolist(), int(numpy_rng[2]),
                                      int(numpy_rng[3]), float(numpy_rng[4])]}),
         "trainer.json": _json({"format": FORMAT, "step": int(state["step"]), "total_steps": int(state["total_steps"]),
-                               "timing": state["timing"], "fingerprint": config_fingerprint(config), "config": flat,
+                               "timing": state["timing"], "early_stopping": state.get("early_stopping"),
+                               "fingerprint": config_fingerprint(config), "config": flat,
                                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}),
     }
 
@@ -234,7 +239,7 @@ def _read_verified(path: Path) -> dict[str, bytes]:
     if missing:
         raise _damaged(path, f"{CHECKSUMS} does not list {', '.join(missing)}")
     data = {}
-    for name in FILES:
+    for name in (*FILES, *(n for n in OPTIONAL_FILES if n in expected)):
         try:
             blob = (path / name).read_bytes()
         except FileNotFoundError:
@@ -284,7 +289,9 @@ def load_checkpoint(path: str | Path, config: Mapping[str, Any] | None = None) -
              "optimizer": {"state": opt_state, "param_groups": groups},
              "scheduler": json.loads(data["scheduler.json"]),
              "rng": {"torch": load_tensors(data["rng.safetensors"])["torch_cpu"], "python": python_rng,
-                     "numpy": numpy_rng}}
+                     "numpy": numpy_rng},
+             "early_stopping": meta.get("early_stopping"),
+             "best_parameters": load_tensors(data["best.safetensors"]) if "best.safetensors" in data else None}
     if _NAME.fullmatch(path.name) and step_of(path) != state["step"]:
         raise _damaged(path, f"its folder name says step {step_of(path)} but trainer.json says {state['step']}")
     return Checkpoint(path, int(meta["step"]), meta["fingerprint"], meta["config"], state)

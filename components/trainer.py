@@ -50,6 +50,11 @@ class TrainConfig:
     naive: bool = False
     log_every: int = 1
     checkpoint_every: int = 0
+    # Early stopping (off by default): every ``eval_every`` steps the trainer's ``evaluate`` callback scores dev
+    # (higher is better); the best parameters are kept and restored at the end; ``patience`` evaluations
+    # without improvement end training early (0: never stop early, still keep the best).
+    eval_every: int = 0
+    patience: int = 0
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -66,6 +71,10 @@ class TrainConfig:
             raise ValueError(f"clip_value must be > 0, got {self.clip_value}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: off), got {self.checkpoint_every}")
+        if self.eval_every < 0 or self.patience < 0:
+            raise ValueError(f"eval_every and patience must be >= 0, got {self.eval_every} and {self.patience}")
+        if self.patience and not self.eval_every:
+            raise ValueError("patience needs eval_every > 0 (how often dev is evaluated)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,6 +146,28 @@ def warmup_linear(total_steps: int, warmup_ratio: float) -> Callable[[int], floa
 
 StepCallback = Callable[[int, dict[str, float]], None]
 CheckpointCallback = Callable[[int], None]
+EvaluateCallback = Callable[[int], float]
+
+
+@dataclass
+class EarlyStopping:
+    """The best dev score so far, its step and parameters, and the evaluations since it last improved."""
+
+    best_score: float = -math.inf
+    best_step: int = 0
+    bad_evals: int = 0
+    best_parameters: dict[str, torch.Tensor] | None = None
+    stopped: bool = False
+
+    def to_json(self) -> dict:
+        return {"best_score": None if self.best_score == -math.inf else self.best_score, "best_step": self.best_step,
+                "bad_evals": self.bad_evals, "stopped": self.stopped}
+
+    @classmethod
+    def from_json(cls, data: dict, best_parameters: dict[str, torch.Tensor] | None) -> EarlyStopping:
+        score = data.get("best_score")
+        return cls(-math.inf if score is None else float(score), int(data["best_step"]), int(data["bad_evals"]),
+                   best_parameters, bool(data.get("stopped", False)))
 
 
 class Trainer:
@@ -144,6 +175,10 @@ class Trainer:
 
     ``on_checkpoint(step)`` is called every ``config.checkpoint_every`` steps and after the last step (never
     when ``checkpoint_every`` is 0), right after ``on_step``; it typically saves :meth:`state_dict`.
+
+    ``evaluate(step) -> score`` (higher is better, e.g. dev F1), with ``config.eval_every > 0``: called every
+    ``eval_every`` steps and after the last one; the best parameters are kept and restored when training ends,
+    and ``config.patience`` evaluations without improvement stop training early.
 
     ``distributed`` (a :class:`~components.distributed.DistributedContext` with ``world_size > 1``): the encoder
     runs in DistributedDataParallel, each rank encodes its slice of every global batch of
@@ -154,7 +189,7 @@ class Trainer:
     def __init__(self, encoder: LoraEncoder, loss: FlipKDLoss, pairs: TrainingPairs, config: TrainConfig,
                  on_step: StepCallback | None = None, show_progress: bool = True,
                  on_checkpoint: CheckpointCallback | None = None,
-                 distributed: DistributedContext | None = None) -> None:
+                 distributed: DistributedContext | None = None, evaluate: EvaluateCallback | None = None) -> None:
         if len(pairs) == 0:
             raise ValueError("no training pairs left (did the noise filter drop them all?)")
         self.distributed = distributed or DistributedContext()
@@ -164,6 +199,8 @@ class Trainer:
         self._forward = self.distributed.wrap(encoder)
         self.encoder, self.loss, self.pairs, self.config = encoder, loss, pairs, config
         self.on_step, self.show_progress, self.on_checkpoint = on_step, show_progress, on_checkpoint
+        self.evaluate = evaluate if config.eval_every else None
+        self.early = EarlyStopping()
         self.precision = "fp32" if config.naive else resolve_precision(config.precision)
         self.steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
         self.total_steps = config.max_steps or max(1, round(self.steps_per_epoch * config.epochs))
@@ -202,7 +239,10 @@ class Trainer:
                 "parameter_names": list(params), "optimizer": optimizer,
                 "scheduler": copy.deepcopy(self.scheduler.state_dict()),
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
-                "timing": {"data_seconds": self.data_seconds, "compute_seconds": self.compute_seconds}}
+                "timing": {"data_seconds": self.data_seconds, "compute_seconds": self.compute_seconds},
+                "early_stopping": self.early.to_json(),
+                "best_parameters": ({k: v.clone() for k, v in self.early.best_parameters.items()}
+                                    if self.early.best_parameters is not None else None)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` output: the next :meth:`train` continues exactly where it stopped."""
@@ -232,6 +272,10 @@ class Trainer:
         self.step = int(state["step"])
         self.data_seconds = float(state["timing"]["data_seconds"])
         self.compute_seconds = float(state["timing"]["compute_seconds"])
+        if state.get("early_stopping") is not None:
+            best = state.get("best_parameters")
+            self.early = EarlyStopping.from_json(state["early_stopping"],
+                                                 {k: v.clone() for k, v in best.items()} if best else None)
 
     # ----------------------------------------------------------------- training
     def batches(self) -> Iterator[list[int]]:
@@ -309,7 +353,7 @@ class Trainer:
         start = time.perf_counter()
         pairs_seen = 0
         with tqdm(total=end, initial=self.step, desc="train", unit="step", disable=not self.show_progress) as bar:
-            while self.step < end:
+            while self.step < end and not self.early.stopped:
                 index = next(stream)
                 last = self.train_step(index)
                 self.step += 1
@@ -318,12 +362,42 @@ class Trainer:
                 bar.set_postfix(loss=f"{last['loss/total']:.4f}")
                 if self.on_step and (self.step % self.config.log_every == 0 or self.step == end):
                     self.on_step(self.step, last)
+                every = self.config.eval_every
+                if self.evaluate and every and (self.step % every == 0 or self.step == self.total_steps):
+                    self._evaluate()
                 every = self.config.checkpoint_every
-                if self.on_checkpoint and every and (self.step % every == 0 or self.step == self.total_steps):
+                if self.on_checkpoint and every and (self.step % every == 0 or self.step == self.total_steps
+                                                     or self.early.stopped):
                     self.on_checkpoint(self.step)
+                if self.early.stopped:
+                    break
         elapsed = time.perf_counter() - start
         last["train_seconds"] = elapsed
         last["train_pairs_per_s"] = pairs_seen / elapsed if elapsed > 0 else 0.0
         total = self.data_seconds + self.compute_seconds
         last["data_share"] = self.data_seconds / total if total else 0.0
+        if self.evaluate and self.config.eval_every and (self.step >= self.total_steps or self.early.stopped):
+            self._restore_best()
+            last.update({"best_dev_score": self.early.best_score, "best_step": float(self.early.best_step),
+                         "stopped_at_step": float(self.step), "stopped_early": float(self.early.stopped)})
         return last
+
+    def _evaluate(self) -> None:
+        """Score dev; keep the parameters if they are the best so far; stop after ``patience`` misses."""
+        with torch.random.fork_rng(devices=[]):  # evaluation must not change the training's random stream
+            score = float(self.evaluate(self.step))
+        self.encoder.train()
+        if score > self.early.best_score:
+            self.early.best_score, self.early.best_step, self.early.bad_evals = score, self.step, 0
+            self.early.best_parameters = {k: p.detach().clone() for k, p in self.trained_parameters().items()}
+            return
+        self.early.bad_evals += 1
+        if self.config.patience and self.early.bad_evals >= self.config.patience and self.step < self.total_steps:
+            self.early.stopped = True
+
+    def _restore_best(self) -> None:
+        if self.early.best_parameters is None or self.early.best_step == self.step:
+            return
+        with torch.no_grad():
+            for name, p in self.trained_parameters().items():
+                p.copy_(self.early.best_parameters[name])

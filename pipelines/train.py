@@ -31,6 +31,7 @@ from components.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
 from components.distributed import DistributedContext
 from components.lora_encoder import EncoderConfig, LoraEncoder
+from components.metrics import best_f1_threshold, classification_metrics
 from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
 from components.teacher import TeacherScorer
 from components.teacher_signal import TeacherSignal
@@ -184,7 +185,9 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         save_checkpoint(checkpointing.folder, trainer.state_dict(), checkpointing.config)
 
     trainer = Trainer(encoder, loss, pairs, train_config, on_step=on_step if log else None, show_progress=progress,
-                      on_checkpoint=on_checkpoint if checkpointing else None, distributed=distributed)
+                      on_checkpoint=on_checkpoint if checkpointing else None, distributed=distributed,
+                      evaluate=dev_f1_callback(encoder, splits, loss_config.sup_mode, log, logged)
+                      if train_config.eval_every else None)
     if resume is not None:
         trainer.load_state_dict(resume.state)
         click.echo(f"resumed at step {trainer.step} of {trainer.total_steps} from {resume.path}")
@@ -192,7 +195,12 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     if distributed is not None and not distributed.is_main:
         return StudentRun(encoder, signal, {}, 0.5)
     if log:
-        mlflow.log_metrics({k: summary[k] for k in ("train_seconds", "train_pairs_per_s", "data_share")})
+        mlflow.log_metrics({k: summary[k] for k in ("train_seconds", "train_pairs_per_s", "data_share",
+                                                    "best_step", "stopped_at_step", "stopped_early") if k in summary})
+        if "best_step" in summary:
+            click.echo(f"early stopping: best dev F1 {summary['best_dev_score']:.3f} at step "
+                       f"{summary['best_step']:.0f}; stopped at step {summary['stopped_at_step']:.0f}"
+                       f"{' (patience ran out)' if summary['stopped_early'] else ''}; the best parameters are kept")
         mlflow.set_tag("flipkd.precision", trainer.precision)
 
     eval_splits = {name: frame for name, frame in splits.items() if name != "train"}
@@ -219,6 +227,25 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     return StudentRun(encoder, signal, metrics, float(threshold))
 
 
+def dev_f1_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], sup_mode: str, log: bool,
+                    logged: int = 0):
+    """Dev F1 (at the threshold best on dev) in the scoring the run is trained for: early stopping's measure."""
+    if "dev" not in splits:
+        raise click.UsageError("--eval-every needs a dev split (give --dev, or --data to split)")
+    dev = splits["dev"]
+    labels = dev["match"].to_numpy()
+
+    def evaluate(step: int) -> float:
+        a, b = list(dev["text_a"]), list(dev["text_b"])
+        scores = (encoder.joint_scores(a, b) if sup_mode == "generative" else encoder.score_pairs(a, b)).numpy()
+        f1 = classification_metrics(scores, labels, best_f1_threshold(scores, labels))["f1"]
+        if log and step > logged:  # a resumed run has logged the steps before its checkpoint
+            mlflow.log_metric("early_stopping/dev_f1", f1, step=step)
+        return f1
+
+    return evaluate
+
+
 def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfig]:
     targets = o["target_modules"]
     encoder = EncoderConfig(rank=o["rank"], alpha=o["lora_alpha"], dropout=o["lora_dropout"],
@@ -233,7 +260,8 @@ def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfi
                         warmup_ratio=o["warmup_ratio"], clip_value=o["clip_value"], batch_size=o["batch_size"],
                         epochs=o["epochs"],
                         max_steps=o["max_steps"], seed=o["seed"], precision=o["precision"], naive=o["naive"],
-                        scalar_learning_rate=o["scalar_learning_rate"], checkpoint_every=o.get("checkpoint_every", 0))
+                        scalar_learning_rate=o["scalar_learning_rate"], checkpoint_every=o.get("checkpoint_every", 0),
+                        eval_every=o["eval_every"], patience=o["patience"])
     return encoder, loss, train
 
 
@@ -272,6 +300,10 @@ def student_options(func):
         option("--batch-size", type=click.IntRange(min=1), default=16, help="Pairs per step."),
         option("--epochs", type=POSITIVE, default=3.0, help="Passes over the training pairs."),
         option("--max-steps", type=click.IntRange(min=0), default=0, help="Stop after this many steps (0: epochs)."),
+        option("--eval-every", type=click.IntRange(min=0), default=0,
+               help="Score dev F1 every N steps and keep the best parameters (restored at the end). 0: off."),
+        option("--patience", type=click.IntRange(min=0), default=0,
+               help="With --eval-every: stop after this many dev evaluations without improvement (0: never)."),
         option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
                help="auto = bf16 autocast where the CPU has native bf16, else fp32."),
         option("--naive", is_flag=True, default=False,

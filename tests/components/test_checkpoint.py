@@ -220,3 +220,28 @@ def test_state_for_other_parameters_is_refused(two_checkpoints):
                     FlipKDLoss(), tiny_pairs(), TrainConfig(batch_size=4, max_steps=4), show_progress=False)
     with pytest.raises(ValueError, match="other trainable parameters"):
         other.load_state_dict(state)
+
+
+def test_early_stopping_state_survives_a_checkpoint(tmp_path):
+    """Best score, misses and best parameters are checkpointed: a resumed run stops and restores as uninterrupted."""
+    def trainer_with_scores():
+        t = make_trainer(steps=12)
+        t.config.eval_every, t.config.patience = 2, 3
+        scores = iter([0.3, 0.9, 0.4, 0.5, 0.6, 0.95])  # best at step 4; misses at 6, 8, 10: stop at 10
+        t.evaluate = lambda step: next(scores)
+        return t
+
+    a = trainer_with_scores()
+    summary_a = a.train()
+    b = trainer_with_scores()
+    b.train(until_step=6)
+    path = save_checkpoint(tmp_path / "ck", b.state_dict(), CONFIG)
+    assert (path / "best.safetensors").is_file()
+    c = trainer_with_scores()
+    scores = iter([0.5, 0.6, 0.95])  # b saw three scores: the resumed run sees the rest
+    c.evaluate = lambda step: next(scores)
+    c.load_state_dict(load_checkpoint(path, CONFIG).state)
+    summary_c = c.train()
+    assert (summary_a["best_step"], summary_a["stopped_at_step"]) == (4, 10)
+    assert (summary_c["best_step"], summary_c["stopped_at_step"]) == (4, 10)
+    assert_same(params_of(a), params_of(c))

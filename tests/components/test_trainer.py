@@ -126,3 +126,58 @@ def test_generative_sup_mode_trains_the_decoder_path():
                 on_step=lambda s, m: seen.append(m["loss/sup"]), show_progress=False)
     t.train()
     assert seen[-1] < seen[0]
+
+
+def early_trainer(eval_every, patience, scores, steps=20, dropout=0.3):
+    """A trainer whose dev evaluations return ``scores`` in turn (LoRA dropout on: training draws from the RNG)."""
+    torch.manual_seed(0)
+    enc = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, alpha=8, dropout=dropout, max_length=16))
+    config = TrainConfig(learning_rate=1e-2, batch_size=4, max_steps=steps, warmup_ratio=0, precision="fp32",
+                         eval_every=eval_every, patience=patience)
+    trainer = Trainer(enc, FlipKDLoss(), tiny_pairs(), config, show_progress=False)
+    snapshots, asked = {}, []
+
+    def evaluate(step):
+        asked.append(step)
+        snapshots[step] = {k: v.detach().clone() for k, v in trainer.trained_parameters().items()}
+        torch.rand(3)  # an evaluation that draws random numbers must not change the training
+        return scores[len(asked) - 1]
+
+    trainer.evaluate = evaluate if eval_every else None
+    return trainer, snapshots, asked
+
+
+@pytest.mark.parametrize("eval_every,patience,scores,asked,best,stopped_at", [
+    (2, 2, [0.5, 0.7, 0.6, 0.6, 0.9], [2, 4, 6, 8], 4, 8),  # two misses after step 4: stop at 8
+    (5, 0, [0.5, 0.8, 0.6, 0.7], [5, 10, 15, 20], 10, 20),  # no patience: every step, the best restored
+    (3, 1, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], [3, 6, 9, 12, 15, 18, 20], 20, 20),  # always better: the last
+    (4, 2, [0.5, 0.5, 0.5], [4, 8, 12], 4, 12),  # a tie is no improvement
+])
+def test_early_stopping_keeps_the_best_parameters(eval_every, patience, scores, asked, best, stopped_at):
+    trainer, snapshots, seen = early_trainer(eval_every, patience, scores)
+    summary = trainer.train()
+    assert seen == asked
+    assert (summary["best_step"], summary["stopped_at_step"], trainer.step) == (best, stopped_at, stopped_at)
+    assert summary["stopped_early"] == float(stopped_at < 20)
+    assert summary["best_dev_score"] == max(scores[:len(asked)])
+    for name, value in trainer.trained_parameters().items():
+        assert torch.equal(value.detach(), snapshots[best][name]), name
+
+
+def test_evaluation_does_not_change_the_training():
+    """Scores that always improve keep the last parameters: they must equal a run without evaluation."""
+    plain, _, _ = early_trainer(0, 0, [], steps=8)
+    plain.train()
+    evaluated, _, seen = early_trainer(2, 0, [0.1, 0.2, 0.3, 0.4], steps=8)
+    evaluated.train()
+    assert seen == [2, 4, 6, 8]
+    for (name, a), b in zip(plain.trained_parameters().items(), evaluated.trained_parameters().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("kwargs,match", [({"patience": 2}, "patience needs eval_every"),
+                                          ({"eval_every": -1}, "eval_every"), ({"eval_every": 2, "patience": -1},
+                                                                               "patience")])
+def test_bad_early_stopping_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)

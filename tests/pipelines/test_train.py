@@ -125,3 +125,24 @@ def test_teacher_labelled_extra_pairs_are_counted_separately(mlflow_env, tiny_mo
     assert run.data.params["extra_pairs.per_pair"] == "0.5"
     report = json.loads(Path(mlflow_env.download_artifacts(run_id, "noise_filter_extra_pairs.json")).read_text())
     assert report["extra_pairs"] == run.data.metrics["filter_extra_pairs"]
+
+
+def test_early_stopping_keeps_the_best_dev_checkpoint(mlflow_env, tiny_model_args):
+    args = [a if a != "3" else "8" for a in FAST] + ["--eval-every", "2", "--patience", "1"]
+    result = CliRunner().invoke(train.cli, tiny_model_args + args)
+    assert result.exit_code == 0, result.output
+    assert "early stopping: best dev F1" in result.output
+    (run_id,) = run_ids(mlflow_env)
+    metrics = mlflow_env.get_run(run_id).data.metrics
+    history = {m.step: m.value for m in mlflow_env.get_metric_history(run_id, "early_stopping/dev_f1")}
+    assert set(history) <= {2, 4, 6, 8} and 2 in history
+    assert metrics["best_step"] in history and history[metrics["best_step"]] == max(history.values())
+    assert metrics["stopped_at_step"] == max(history)
+    # the run ends with the best parameters: its final dev F1 is the best one seen
+    assert metrics["student/dev_f1"] == pytest.approx(max(history.values()), abs=1e-9)
+
+
+def test_patience_without_eval_every_is_exit_2(mlflow_env, tiny_model_args):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--patience", "2"])
+    assert result.exit_code == 2, result.output
+    assert "patience needs eval_every" in result.output
