@@ -53,6 +53,9 @@ class EncoderConfig:
     # 0.05 costs time (a random mask for each of the 210 LoRA modules of SmolLM2 per step: the forward of a
     # step took 2.15 s against 1.08 s at 0) but learned better on the demo (README, "Defaults").
     dropout: float = 0.05
+    # "input": PEFT's LoRA dropout, a mask over each module's input x (hidden size wide) before A;
+    # "bottleneck": the mask is applied to A x (rank wide) instead, rank/hidden of the random draws.
+    dropout_site: str = "input"
     target_modules: str | list[str] = "all-linear"
     layer: int = -1
     module: str = "q_proj"
@@ -74,6 +77,8 @@ class EncoderConfig:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout_site not in DROPOUT_SITES:
+            raise ValueError(f"dropout_site must be one of {DROPOUT_SITES}, got {self.dropout_site!r}")
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
         if self.max_length < 2:
@@ -86,6 +91,31 @@ class EncoderConfig:
         out = asdict(self)
         out["label_words"] = list(self.label_words)
         return out
+
+
+DROPOUT_SITES = ("input", "bottleneck")
+
+
+def move_dropout_to_bottleneck(model: nn.Module) -> int:
+    """Replace each LoRA module's input dropout by the same dropout on ``A x``; returns how many were moved.
+
+    PEFT computes ``B A dropout(x)``: one mask as wide as the module's input (576 to 1536 for SmolLM2) per module
+    and step. ``B dropout(A x)`` draws rank-wide masks instead. Saved adapters are unchanged (the dropout rate
+    stays in ``adapter_config.json``); in eval mode both are the identity.
+    """
+    moved = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if not isinstance(dropouts, nn.ModuleDict) or ADAPTER_NAME not in dropouts:
+            continue
+        drop = dropouts[ADAPTER_NAME]
+        if not isinstance(drop, nn.Dropout) or drop.p == 0:
+            continue
+        dropouts[ADAPTER_NAME] = nn.Identity()
+        module.lora_A[ADAPTER_NAME].register_forward_hook(
+            lambda m, i, out, p=drop.p: nn.functional.dropout(out, p, m.training))
+        moved += 1
+    return moved
 
 
 class _StopForward(Exception):
@@ -145,6 +175,8 @@ class LoraEncoder(nn.Module):
         self._stop_early = True
         # a closure, not a bound method: deep copies of the model (merged_encoder) must not copy the encoder
         self._target.lora_A[ADAPTER_NAME].register_forward_hook(lambda m, i, o: self._capture(m, i, o))
+        if self.config.dropout_site == "bottleneck":  # after the capture hook: z itself is never dropped out
+            move_dropout_to_bottleneck(self.model)
 
     # ----------------------------------------------------------------- representation
     def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:

