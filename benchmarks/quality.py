@@ -731,6 +731,9 @@ def run(plan: Plan, dry_run: bool = False) -> dict[str, Any]:
     if plan.quick:
         click.echo(markdown)
         click.echo(f"--quick: results in {out_file}; RESULTS.md left unchanged")
+    elif Path(plan.out).resolve() != RESULTS_DIR.resolve():  # a probe or a private run: RESULTS.md is the record
+        click.echo(markdown)
+        click.echo(f"results in {out_file}; RESULTS.md left unchanged (--out is not {RESULTS_DIR})")
     else:
         _results.write_section("quality", markdown)
         click.echo(f"results in {out_file} and the quality section of {_results.RESULTS_MD}")

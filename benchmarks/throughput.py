@@ -60,10 +60,11 @@ def needed_parameters(encoder: LoraEncoder) -> int:
     return count
 
 
-def train_run(pairs: TrainingPairs, dev, naive: bool, steps: int, seed: int) -> dict:
+def train_run(pairs: TrainingPairs, dev, naive: bool, steps: int, seed: int,
+              encoder_config: EncoderConfig | None = None) -> dict:
     torch.manual_seed(seed)
     model, tokenizer = load_student(resolve_student())
-    encoder = LoraEncoder(model, tokenizer, EncoderConfig())
+    encoder = LoraEncoder(model, tokenizer, encoder_config or EncoderConfig())
     tokens, times = [], []
 
     def on_step(step: int, metrics: dict) -> None:

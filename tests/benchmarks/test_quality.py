@@ -327,6 +327,7 @@ def test_end_to_end_on_tiny_models(mlflow_env, data_root, tmp_path, tiny_bert_di
     monkeypatch.setattr(_plots, "similarity_histogram", lambda *a, **k: _tiny_figure())
     monkeypatch.setattr(_plots, "precision_recall_curve", lambda *a, **k: _tiny_figure())
     out = tmp_path / "results"
+    monkeypatch.setattr(quality, "RESULTS_DIR", out)  # the results folder that RESULTS.md records
     common = ["--data-root", str(data_root), "--student", str(tiny_llama_dir), "--teacher", str(tiny_bert_dir),
               "--seeds", "1", "--max-train", "16", "--max-dev", "12", "--max-test", "12", "--max-steps", "2",
               "--batch-size", "8", "--rank", "4", "--lora-alpha", "8", "--max-length", "16", "--precision", "fp32",
@@ -374,3 +375,10 @@ def test_end_to_end_on_tiny_models(mlflow_env, data_root, tmp_path, tiny_bert_di
         "variants"]["flip_full"]
     assert merged["datasets"]["stsbenchmark"]["variants"]["teacher_finetuned"]["per_seed"][0]["teacher_reused"]
     assert "| `teacher_finetuned` |" in (tmp_path / "RESULTS.md").read_text()
+
+    # a run into another folder (a probe) leaves RESULTS.md alone
+    before = (tmp_path / "RESULTS.md").read_text()
+    probe = [a if a != str(out) else str(tmp_path / "probe") for a in common]
+    quality.main(probe + ["--datasets", "stsbenchmark", "--variants", "teacher_base"])
+    assert (tmp_path / "probe" / "quality.json").is_file()
+    assert (tmp_path / "RESULTS.md").read_text() == before
