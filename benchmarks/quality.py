@@ -662,6 +662,7 @@ def run(plan: Plan, dry_run: bool = False) -> dict[str, Any]:
     from pipelines import _mlflow
 
     started = time.perf_counter()
+    commit = _mlflow.git_commit()  # the code this run started with (the tree may change while it runs)
     built, sizes = build_all(plan)
     estimate = estimate_seconds(sizes, plan)
     budget = QUICK_BUDGET_SECONDS if plan.quick else BUDGET_SECONDS
@@ -718,7 +719,7 @@ def run(plan: Plan, dry_run: bool = False) -> dict[str, Any]:
                 results["settings"] = {**plan.settings(), "parent_run_id": parent_id, "experiment": plan.experiment,
                                        "estimated_seconds": estimate["total"],
                                        "wall_seconds": time.perf_counter() - started,
-                                       "git_commit": _mlflow.git_commit(), "threads": _threads(),
+                                       "git_commit": commit, "threads": _threads(),
                                        "cpu": platform.processor() or platform.machine()}
                 save_results(out_file, results)
         wall = time.perf_counter() - started
