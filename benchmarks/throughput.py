@@ -27,7 +27,7 @@ from components.composite_loss import FlipKDLoss, LossConfig
 from components.data import read_pairs
 from components.demo_data import write_demo
 from components.lora_encoder import EncoderConfig, LoraEncoder
-from components.metrics import best_f1_threshold, classification_metrics
+from components.metrics import best_f1
 from components.models import load_student, resolve_student
 from components.noise_filter import DualThresholdFilter
 from components.teacher import TeacherScorer
@@ -80,8 +80,7 @@ def train_run(pairs: TrainingPairs, dev, naive: bool, steps: int, seed: int,
     pairs_per_s = (steps - 1) * trainer.config.batch_size / elapsed
     tokens_per_s = sum(tokens[1:]) / elapsed
     scores = encoder.score_pairs(list(dev["text_a"]), list(dev["text_b"])).numpy()
-    labels = dev["match"].to_numpy()
-    f1 = classification_metrics(scores, labels, best_f1_threshold(scores, labels))["f1"]
+    f1 = best_f1(scores, dev["match"].to_numpy())
     return {"pairs_per_s": pairs_per_s, "tokens_per_s": tokens_per_s, "precision": trainer.precision,
             "wall_s": time.perf_counter() - start, "dev_f1": f1, "data_share": summary["data_share"],
             "needed_params": needed_parameters(encoder)}

@@ -31,6 +31,11 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((s[best] + s[best + 1]) / 2) if best + 1 < len(s) else float(s[best] - 1e-6)
 
 
+def best_f1(scores: np.ndarray, labels: np.ndarray) -> float:
+    """F1 at :func:`best_f1_threshold` of the same pairs: the dev score that model selection reads."""
+    return classification_metrics(scores, labels, best_f1_threshold(scores, labels))["f1"]
+
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Mann-Whitney form with average ranks for ties; NaN when one class is absent."""
     y = np.asarray(labels) >= 0.5

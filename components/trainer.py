@@ -199,7 +199,7 @@ class Trainer:
         self._forward = self.distributed.wrap(encoder)
         self.encoder, self.loss, self.pairs, self.config = encoder, loss, pairs, config
         self.on_step, self.show_progress, self.on_checkpoint = on_step, show_progress, on_checkpoint
-        self.evaluate = evaluate if config.eval_every else None
+        self.evaluate = evaluate
         self.early = EarlyStopping()
         self.precision = "fp32" if config.naive else resolve_precision(config.precision)
         self.steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
@@ -362,8 +362,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{last['loss/total']:.4f}")
                 if self.on_step and (self.step % self.config.log_every == 0 or self.step == end):
                     self.on_step(self.step, last)
-                every = self.config.eval_every
-                if self.evaluate and every and (self.step % every == 0 or self.step == self.total_steps):
+                if self._evaluating and (self.step % self.config.eval_every == 0 or self.step == self.total_steps):
                     self._evaluate()
                 every = self.config.checkpoint_every
                 if self.on_checkpoint and every and (self.step % every == 0 or self.step == self.total_steps
@@ -376,11 +375,16 @@ class Trainer:
         last["train_pairs_per_s"] = pairs_seen / elapsed if elapsed > 0 else 0.0
         total = self.data_seconds + self.compute_seconds
         last["data_share"] = self.data_seconds / total if total else 0.0
-        if self.evaluate and self.config.eval_every and (self.step >= self.total_steps or self.early.stopped):
+        if self._evaluating and (self.step >= self.total_steps or self.early.stopped):
             self._restore_best()
             last.update({"best_dev_score": self.early.best_score, "best_step": float(self.early.best_step),
                          "stopped_at_step": float(self.step), "stopped_early": float(self.early.stopped)})
         return last
+
+    @property
+    def _evaluating(self) -> bool:
+        """Early stopping is on: an ``evaluate`` callback and ``config.eval_every > 0``."""
+        return self.evaluate is not None and self.config.eval_every > 0
 
     def _evaluate(self) -> None:
         """Score dev; keep the parameters if they are the best so far; stop after ``patience`` misses."""

@@ -31,7 +31,7 @@ from components.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
 from components.distributed import DistributedContext
 from components.lora_encoder import EncoderConfig, LoraEncoder
-from components.metrics import best_f1_threshold, classification_metrics
+from components.metrics import best_f1
 from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
 from components.teacher import TeacherScorer
 from components.teacher_signal import TeacherSignal
@@ -234,12 +234,11 @@ def dev_f1_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], sup_m
     if "dev" not in splits:
         raise click.UsageError("--eval-every needs a dev split (give --dev, or --data to split)")
     dev = splits["dev"]
-    labels = dev["match"].to_numpy()
+    text_a, text_b, labels = list(dev["text_a"]), list(dev["text_b"]), dev["match"].to_numpy()
+    score = encoder.joint_scores if sup_mode == "generative" else encoder.score_pairs
 
     def evaluate(step: int) -> float:
-        a, b = list(dev["text_a"]), list(dev["text_b"])
-        scores = (encoder.joint_scores(a, b) if sup_mode == "generative" else encoder.score_pairs(a, b)).numpy()
-        f1 = classification_metrics(scores, labels, best_f1_threshold(scores, labels))["f1"]
+        f1 = best_f1(score(text_a, text_b).numpy(), labels)
         if log and step > logged:  # a resumed run has logged the steps before its checkpoint
             mlflow.log_metric("early_stopping/dev_f1", f1, step=step)
         return f1

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from components.metrics import average_precision, best_f1_threshold, classification_metrics, roc_auc
+from components.metrics import average_precision, best_f1, best_f1_threshold, classification_metrics, roc_auc
 
 
 def test_hand_computed_case():
@@ -45,3 +45,8 @@ def test_threshold_is_never_a_score_and_keeps_the_best_f1():
     assert not np.isclose(scores, t).any()
     grid = max(classification_metrics(scores, labels, c)["f1"] for c in np.unique(scores))
     assert classification_metrics(scores, labels, t)["f1"] == pytest.approx(grid)
+
+
+def test_best_f1_by_hand():
+    # cuts after 0.9 / 0.8 / 0.3 / 0.1 give F1 2/3, 1/2, 4/5, 2/3: the best is 0.8 (threshold between 0.3 and 0.1)
+    assert best_f1(np.array([0.9, 0.8, 0.3, 0.1]), np.array([1, 0, 1, 0])) == pytest.approx(0.8)
