@@ -36,6 +36,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from components.checksums import CHECKSUM_FILE, verify_checksums, write_checksums  # noqa: F401
+from components.lora_dropout import DROPOUT_SITES, install_lora_dropout
+from components.packing import pack
 from components.pooling import POOLING_MODES, pool_normalized
 
 ENCODER_FILE = "flipkd_encoder.json"
@@ -53,8 +55,9 @@ class EncoderConfig:
     # 0.05 costs time (a random mask for each of the 210 LoRA modules of SmolLM2 per step: the forward of a
     # step took 2.15 s against 1.08 s at 0) but learned better on the demo (README, "Defaults").
     dropout: float = 0.05
-    # "input": PEFT's LoRA dropout, a mask over each module's input x (hidden size wide) before A;
-    # "bottleneck": the mask is applied to A x (rank wide) instead, rank/hidden of the random draws.
+    # "input": PEFT's place, a mask over each module's input x (hidden size wide) before A;
+    # "bottleneck": the mask is applied to A x (rank wide) instead. Masks are drawn by
+    # components.lora_dropout (PEFT's nn.Dropout draw was a fifth of a training step on CPU).
     dropout_site: str = "input"
     target_modules: str | list[str] = "all-linear"
     layer: int = -1
@@ -91,31 +94,6 @@ class EncoderConfig:
         out = asdict(self)
         out["label_words"] = list(self.label_words)
         return out
-
-
-DROPOUT_SITES = ("input", "bottleneck")
-
-
-def move_dropout_to_bottleneck(model: nn.Module) -> int:
-    """Replace each LoRA module's input dropout by the same dropout on ``A x``; returns how many were moved.
-
-    PEFT computes ``B A dropout(x)``: one mask as wide as the module's input (576 to 1536 for SmolLM2) per module
-    and step. ``B dropout(A x)`` draws rank-wide masks instead. Saved adapters are unchanged (the dropout rate
-    stays in ``adapter_config.json``); in eval mode both are the identity.
-    """
-    moved = 0
-    for module in model.modules():
-        dropouts = getattr(module, "lora_dropout", None)
-        if not isinstance(dropouts, nn.ModuleDict) or ADAPTER_NAME not in dropouts:
-            continue
-        drop = dropouts[ADAPTER_NAME]
-        if not isinstance(drop, nn.Dropout) or drop.p == 0:
-            continue
-        dropouts[ADAPTER_NAME] = nn.Identity()
-        module.lora_A[ADAPTER_NAME].register_forward_hook(
-            lambda m, i, out, p=drop.p: nn.functional.dropout(out, p, m.training))
-        moved += 1
-    return moved
 
 
 class _StopForward(Exception):
@@ -173,10 +151,11 @@ class LoraEncoder(nn.Module):
         self._target = modules[layer]
         self._captured: torch.Tensor | None = None
         self._stop_early = True
+        self.computed_tokens = 0  # token positions (real and padding) the last forward computed
         # a closure, not a bound method: deep copies of the model (merged_encoder) must not copy the encoder
         self._target.lora_A[ADAPTER_NAME].register_forward_hook(lambda m, i, o: self._capture(m, i, o))
-        if self.config.dropout_site == "bottleneck":  # after the capture hook: z itself is never dropped out
-            move_dropout_to_bottleneck(self.model)
+        # after the capture hook: at the bottleneck site z itself is never dropped out
+        install_lora_dropout(self.model, self.config.dropout_site, ADAPTER_NAME)
 
     # ----------------------------------------------------------------- representation
     def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -206,17 +185,31 @@ class LoraEncoder(nn.Module):
             mask[i, span] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """z [N, r], L2-normalised; differentiable. Runs the model only up to the representation module."""
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pack_capacity: int = 0) -> torch.Tensor:
+        """z [N, r], L2-normalised; differentiable. Runs the model only up to the representation module.
+
+        ``pack_capacity > 0``: the texts are packed into rows of about that many tokens
+        (:mod:`components.packing`) instead of padded; same z, less padding computed.
+        """
         self._captured = None
+        packed = None
+        if pack_capacity > 0:
+            packed = pack(input_ids, attention_mask, pack_capacity, pad_token_id=self.tokenizer.pad_token_id)
+            inputs = {"input_ids": packed.input_ids, "attention_mask": packed.attention_bias,
+                      "position_ids": packed.position_ids}
+        else:
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                      "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp_min(0)}
+        self.computed_tokens = inputs["input_ids"].numel()
         try:
-            self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+            self.model(**inputs, use_cache=False)
         except _StopForward:
             pass
         if self._captured is None:
             raise RuntimeError("the representation hook did not fire: is the LoRA adapter merged or disabled?")
         z, self._captured = self._captured, None
+        if packed is not None:
+            z = packed.unpack(z)
         return pool_normalized(z, attention_mask, self.config.pooling)
 
     def encode_batch(self, texts: Sequence[str]) -> torch.Tensor:

@@ -262,7 +262,8 @@ def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfi
                         epochs=o["epochs"],
                         max_steps=o["max_steps"], seed=o["seed"], precision=o["precision"], naive=o["naive"],
                         scalar_learning_rate=o["scalar_learning_rate"], checkpoint_every=o.get("checkpoint_every", 0),
-                        eval_every=o["eval_every"], patience=o["patience"])
+                        eval_every=o["eval_every"], patience=o["patience"],
+                        pack_capacity=o.get("pack_capacity", TrainConfig.pack_capacity))
     return encoder, loss, train
 
 
@@ -309,8 +310,12 @@ def student_options(func):
                help="With --eval-every: stop after this many dev evaluations without improvement (0: never)."),
         option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
                help="auto = bf16 autocast where the CPU has native bf16, else fp32."),
+        option("--pack-capacity", type=click.IntRange(min=0), default=TrainConfig.pack_capacity,
+               help="Pack each step's texts into rows of about this many tokens instead of padding them to the "
+                    "longest (same result, less padding computed). 0: padded batches."),
         option("--naive", is_flag=True, default=False,
-               help="Benchmark baseline only: full-length padding, full-depth forward, fp32."),
+               help="Benchmark baseline only: full-length padding, full-depth forward, fp32, the model's own "
+                    "attention kernel, no packing."),
     ]):
         func = opt(func)
     return func

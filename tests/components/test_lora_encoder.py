@@ -137,7 +137,7 @@ def test_label_words_must_be_single_tokens(tiny_lm):
 
 @pytest.mark.parametrize("site", ["input", "bottleneck"])
 def test_dropout_site(site):
-    """input: B A dropout(x) (PEFT); bottleneck: B dropout(A x). Both are the identity in eval mode."""
+    """input: B A dropout(x) (PEFT's place); bottleneck: B dropout(A x). Both are the identity in eval mode."""
     from tests.tiny_models import tiny_tokenizer
 
     torch.manual_seed(0)
@@ -148,7 +148,8 @@ def test_dropout_site(site):
     enc._stop_early = False  # the representation hook would end the call at this module
     a, b, scale = module.lora_A["default"], module.lora_B["default"], module.scaling["default"]
     x = torch.randn(2, 3, a.in_features)
-    drop = torch.nn.functional.dropout
+    from components.lora_dropout import fast_dropout as drop
+
     with torch.no_grad():
         enc.eval()
         torch.testing.assert_close(module(x), module.base_layer(x) + b(a(x)) * scale)
@@ -162,4 +163,4 @@ def test_dropout_site(site):
         torch.testing.assert_close(got, expected)
     kinds = {type(m["default"]).__name__ for m in (mod.lora_dropout for mod in enc.model.modules()
                                                    if hasattr(mod, "lora_dropout"))}
-    assert kinds == ({"Identity"} if site == "bottleneck" else {"Dropout"})
+    assert kinds == ({"Identity"} if site == "bottleneck" else {"FastDropout"})

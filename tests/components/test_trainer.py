@@ -181,3 +181,29 @@ def test_evaluation_does_not_change_the_training():
 def test_bad_early_stopping_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize(("precision", "rel"), [("fp32", 1e-5), ("bf16", 1e-2)])
+def test_fast_training_path_changes_speed_not_the_loss(precision, rel):
+    """Eager attention and once-cast norm outputs give the step's loss; the model is restored afterwards."""
+    from components.trainer import fast_training_path
+
+    pairs = tiny_pairs()
+    losses = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = tiny_llama()
+        model.set_attn_implementation("sdpa")
+        enc = LoraEncoder(model, tiny_tokenizer(), EncoderConfig(rank=4, dropout=0.0, layer=2))
+        t = Trainer(enc, FlipKDLoss(), pairs, TrainConfig(batch_size=16, max_steps=1, precision=precision),
+                    show_progress=False)
+        if fast:
+            with fast_training_path(enc.model):
+                assert model.config._attn_implementation == "eager"
+                assert model.model.layers[0].input_layernorm._forward_hooks
+                losses.append(t.train_step(list(range(16)))["loss/total"])
+            assert model.config._attn_implementation == "sdpa"
+            assert not any(m._forward_hooks for n, m in model.named_modules() if n.endswith("layernorm"))
+        else:
+            losses.append(t.train_step(list(range(16)))["loss/total"])
+    assert losses[1] == pytest.approx(losses[0], rel=rel)

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from components.lora_dropout import FastDropout, fast_dropout, install_lora_dropout, keep_mask
+from components.lora_encoder import EncoderConfig, LoraEncoder
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5])
+def test_keep_rate_and_scale_match_nn_dropout(p):
+    """Kept elements are scaled by 1/(1-p) and the kept fraction is 1-p (binomial: 6 std bound)."""
+    torch.manual_seed(0)
+    mask = keep_mask(torch.Size([400, 500]), p, torch.float32)
+    kept = mask > 0
+    assert torch.allclose(mask[kept], torch.tensor(1 / (1 - p)), rtol=1e-4)
+    n = mask.numel()
+    assert abs(kept.float().mean().item() - (1 - p)) < 6 * (p * (1 - p) / n) ** 0.5
+    x = torch.ones(400, 500)
+    assert abs(fast_dropout(x, p).mean().item() - 1.0) < 0.01  # unbiased, like nn.Dropout
+
+
+def test_mask_elements_are_independent():
+    """Neighbouring elements (same 64-bit draw) and rows are uncorrelated."""
+    torch.manual_seed(0)
+    keep = (keep_mask(torch.Size([1000, 1000]), 0.5, torch.float32) > 0).float()
+    flat = keep.flatten()
+    for lag in (1, 2, 3, 4, 1000):
+        corr = torch.corrcoef(torch.stack([flat[:-lag], flat[lag:]]))[0, 1].item()
+        assert abs(corr) < 0.01, lag
+
+
+def test_seeded_and_identity_in_eval():
+    drop = FastDropout(0.2)
+    x = torch.randn(8, 16)
+    torch.manual_seed(3)
+    a = drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, drop(x))
+    drop.eval()
+    assert drop(x) is x
+    assert fast_dropout(x, 0.0) is x
+
+
+def test_gradient_is_the_mask():
+    x = torch.randn(5, 7, requires_grad=True)
+    torch.manual_seed(1)
+    y = fast_dropout(x, 0.4)
+    y.sum().backward()
+    torch.manual_seed(1)
+    assert torch.equal(x.grad, keep_mask(x.shape, 0.4, x.dtype))
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_bad_rate(p):
+    with pytest.raises(ValueError, match="dropout rate"):
+        FastDropout(p)
+
+
+def test_install_counts_and_refuses_unknown_site(tiny_lm):
+    model, tokenizer = tiny_lm
+    enc = LoraEncoder(model, tokenizer, EncoderConfig(rank=4, alpha=8, dropout=0.1))
+    kinds = [type(m.lora_dropout["default"]).__name__ for m in enc.model.modules() if hasattr(m, "lora_dropout")]
+    assert kinds and set(kinds) == {"FastDropout"}
+    assert install_lora_dropout(enc.model, "input") == 0  # nothing left to replace
+    with pytest.raises(ValueError, match="dropout site"):
+        install_lora_dropout(enc.model, "output")
