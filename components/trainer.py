@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from tqdm.auto import tqdm
 
 from components.composite_loss import FlipKDLoss
@@ -111,7 +112,8 @@ def fast_training_path(model: torch.nn.Module) -> Iterator[None]:
       the model's own implementation (the same outputs; ONNX export traces it).
     - Pre-norm outputs cast to the autocast dtype once: every consumer of a block's attention and MLP input
       norms is a linear that autocast would cast to bf16 anyway, one copy per module (q, k, v and their LoRA
-      A read the same tensor). Outside autocast the hook does nothing.
+      A read the same tensor), and PEFT's cast of each LoRA input back to fp32 is off. Outside autocast the
+      hook does nothing and every input is fp32 already.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     before = getattr(base.config, "_attn_implementation", None)
@@ -133,11 +135,20 @@ def fast_training_path(model: torch.nn.Module) -> Iterator[None]:
                                                                                   None)
             norms += [n for n in (layer.input_layernorm, mlp_norm) if n is not None]
     hooks = [n.register_forward_hook(cast) for n in norms]
+    # PEFT casts each LoRA module's input to the adapter's dtype (fp32) before dropout and A: under autocast
+    # that undoes the cast above and autocast casts it back for A, two copies per module; A's matmul runs in
+    # bf16 either way
+    lora_layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    casting = [getattr(m, "cast_input_dtype_enabled", True) for m in lora_layers]
+    for m in lora_layers:
+        m.cast_input_dtype_enabled = False
     try:
         yield
     finally:
         for hook in hooks:
             hook.remove()
+        for m, flag in zip(lora_layers, casting, strict=True):
+            m.cast_input_dtype_enabled = flag
         if switch:
             base.set_attn_implementation(before)
 
