@@ -42,9 +42,11 @@ from benchmarks._results import write_section
 from components.demo_data import demo_pairs
 from components.lora_encoder import EncoderConfig, LoraEncoder
 from components.models import STUDENT_DEFAULT, load_student, resolve_student
+from components.onnx_export import quantize_int8
 from pipelines import _mlflow
 from pipelines.evaluate import load_trained_encoder
 from pipelines.export import (
+    MODEL_FILE,
     Faq,
     Gates,
     Limits,
@@ -181,10 +183,12 @@ def cli(model, student, threads, n_texts, n_requests, dev_pairs, quick, output, 
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="flipkd-bench-") as tmp:
         work = Path(tmp)
-        built = export_engines(encoder, work)
+        built = export_engines(encoder, work)  # int8: the export default (blockwise)
+        # the other int8 method, for comparison in the same run
+        other = quantize_int8(work / "fp32" / MODEL_FILE, work / "int8_dynamic" / MODEL_FILE, method="dynamic")
         limits = Limits(top_k=5)
         bundles = {engine: write_bundle(encoder, work / engine, work / f"bundle_{engine}", engine=engine,
-                                        limits=limits) for engine in ("fp32", "int8")}
+                                        limits=limits) for engine in ("fp32", "int8", "int8_dynamic")}
         parity = check_parity(encoder, bundles, dev, Gates(), "int8", threads=threads)["metrics"]
         onnx = {engine: OnnxTextEncoder(folder, threads=threads) for engine, folder in bundles.items()}
 
@@ -195,7 +199,8 @@ def cli(model, student, threads, n_texts, n_requests, dev_pairs, quick, output, 
             results[f"torch_fp32_b{size}_tps"] = _throughput(torch_encode, texts, size, repeats)
             for engine, served in onnx.items():
                 results[f"onnx_{engine}_b{size}_tps"] = _throughput(served.encode, texts, size, repeats)
-        results.update({k: parity[k] for k in ("fp32_max_abs_diff", "int8_min_cosine", "int8_dev_f1_delta")})
+        results.update({k: parity[k] for k in ("fp32_max_abs_diff", "int8_min_cosine", "int8_dev_f1_delta",
+                                               "int8_dynamic_min_cosine", "int8_dynamic_dev_f1_delta")})
         results.update({"torch_dev_f1": parity["torch_dev_f1"], "int8_dev_f1": parity["int8_dev_f1"]})
 
         import mlflow.pyfunc
@@ -215,7 +220,9 @@ def cli(model, student, threads, n_texts, n_requests, dev_pairs, quick, output, 
     record = {**results, "model": model or f"untrained:{student}", "untrained": model is None, "description": what,
               "quick": quick, "threads": threads, "texts": n_texts, "requests": n_requests,
               "parity_pairs": int(len(dev)), "exporter": built["export"]["exporter"],
-              "opset": built["export"]["opset"], "int8_fp32_down_proj": built["quantize"]["excluded_count"],
+              "opset": built["export"]["opset"], "int8_method": built["quantize"]["method"],
+              "int8_block_size": built["quantize"].get("block_size"),
+              "int8_dynamic_fp32_down_proj": other["excluded_count"],
               "representation_layer": encoder.layer_index, "machine": platform.machine(),
               "cpu_count": os.cpu_count(), "versions": _mlflow.package_versions()}
     output = Path(output)
@@ -240,11 +247,20 @@ def markdown(record: dict) -> str:
             ("int8 / torch fp32, batch 32", f"{r['onnx_int8_b32_tps'] / r['torch_fp32_b32_tps']:.2f}x"),
             ("fp32 max abs diff vs torch", f"{r['fp32_max_abs_diff']:.1e}"),
             ("int8 min cosine vs torch", f"{r['int8_min_cosine']:.4f}"),
-            ("int8 dev F1 delta", f"{r['int8_dev_f1_delta']:+.4f}"),
-            ("HTTP one pair p50 / p95, ms", f"{r.get('http_pair_p50_ms', '-')} / {r.get('http_pair_p95_ms', '-')}"),
-            ("HTTP one FAQ query p50 / p95, ms", f"{r.get('http_faq_p50_ms', '-')} / {r.get('http_faq_p95_ms', '-')}")]
+            ("int8 dev F1 delta", f"{r['int8_dev_f1_delta']:+.4f}")]
+    if "onnx_int8_dynamic_b32_tps" in r:
+        rows += [("int8 `dynamic` (for comparison): texts/s batch 32 / batch 1",
+                  f"{r['onnx_int8_dynamic_b32_tps']} / {r['onnx_int8_dynamic_b1_tps']} "
+                  f"({r['onnx_int8_dynamic_b32_tps'] / r['torch_fp32_b32_tps']:.2f}x torch at batch 32)"),
+                 ("int8 `dynamic`: min cosine, dev F1 delta",
+                  f"{r['int8_dynamic_min_cosine']:.4f}, {r['int8_dynamic_dev_f1_delta']:+.4f}")]
+    rows += [("HTTP one pair p50 / p95, ms", f"{r.get('http_pair_p50_ms', '-')} / {r.get('http_pair_p95_ms', '-')}"),
+             ("HTTP one FAQ query p50 / p95, ms", f"{r.get('http_faq_p50_ms', '-')} / {r.get('http_faq_p95_ms', '-')}")]
+    method = r.get("int8_method", "dynamic")
+    method += f", blocks of {r['int8_block_size']}" if r.get("int8_block_size") else ""
     head = (f"Command: `python -m benchmarks.inference --model {r['model']}` ({r['description']}; {r['threads']} "
-            f"threads, exporter {r['exporter']} opset {r['opset']}, {r['parity_pairs']} dev pairs for parity).")
+            f"threads, exporter {r['exporter']} opset {r['opset']}, int8 {method}, {r['parity_pairs']} dev pairs "
+            f"for parity).")
     return "\n".join([head, "", "| figure | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
 
 

@@ -31,7 +31,7 @@ import pandas as pd
 from components.data import DataError, read_pairs
 from components.lora_encoder import LoraEncoder
 from components.metrics import classification_metrics
-from components.onnx_export import compare, export_onnx, quantize_int8
+from components.onnx_export import INT8_METHODS, compare, export_onnx, quantize_int8
 from pipelines import _mlflow
 from pipelines._data import DataArgs, load_splits
 from pipelines._options import POSITIVE, UNIT, common_options, option
@@ -148,13 +148,13 @@ def source_run_id(model: str) -> str | None:
 
 
 def export_engines(encoder: LoraEncoder, work: Path, *, dynamo: bool = False, opset: int | None = None,
-                   per_channel: bool = False) -> dict:
+                   per_channel: bool = False, int8_method: str = "blockwise", block_size: int = 32) -> dict:
     """``work/fp32/model.onnx`` and ``work/int8/model.onnx``; returns the exporter and quantizer reports."""
     merged = encoder.merged_encoder()
     info = export_onnx(merged, work / "fp32" / MODEL_FILE, dynamo=dynamo, opset=opset)
     del merged
     quant = quantize_int8(work / "fp32" / MODEL_FILE, work / "int8" / MODEL_FILE, exclude_down_proj=True,
-                          per_channel=per_channel)
+                          per_channel=per_channel, method=int8_method, block_size=block_size)
     return {"export": info, "quantize": quant}
 
 
@@ -314,8 +314,14 @@ def _positive_or_none(ctx, param, value):
         help="The ONNX file the model serves; its gates decide deployability (fp32 gates always apply).")
 @option("--dynamo/--no-dynamo", default=False,
         help="Exporter: torch.export-based (dynamo) or TorchScript (default; much faster to export, same parity).")
+@option("--int8-method", type=click.Choice(INT8_METHODS), default="blockwise",
+        help="blockwise: 8-bit weights and activations in blocks of --int8-block-size (within the parity gates on "
+             "the real student, about ONNX fp32 speed, 1/4 of its size); dynamic: one activation scale per tensor, "
+             "about 2x faster than fp32 but outside the gates on the real student (README, Export).")
+@option("--int8-block-size", type=click.Choice(["16", "32", "64", "128"]), default="32",
+        help="blockwise: input channels per int8 block (larger: faster, less exact).")
 @option("--int8-per-channel/--no-int8-per-channel", default=False,
-        help="Int8 weight scales per output channel instead of per tensor.")
+        help="dynamic: int8 weight scales per output channel instead of per tensor.")
 @option("--opset", type=int, default=None, callback=_positive_or_none, help="ONNX opset (default: the exporter's).")
 @option("--fp32-tolerance", type=POSITIVE, default=1e-4, help="Gate: max abs diff of z, ONNX fp32 vs torch.")
 @option("--int8-min-cosine", type=UNIT, default=0.99, help="Gate: min cosine of z, ONNX int8 vs torch.")
@@ -343,14 +349,16 @@ def cli(**o) -> dict:
         if source:
             mlflow.set_tag("flipkd.source_run", source)
         built = export_engines(encoder, work, dynamo=o["dynamo"], opset=o["opset"],
-                               per_channel=o["int8_per_channel"])
+                               per_channel=o["int8_per_channel"], int8_method=o["int8_method"],
+                               block_size=int(o["int8_block_size"]))
         info = built["export"]
         quant = built["quantize"]
         _mlflow.log_params({"model": o["model"], "source_run": source or "", "serve": o["serve"],
                             "exporter": info["exporter"], "opset": info["opset"], "exporter_why": info["why"],
                             "external_data": info["external_data"], "int8_excluded_nodes": quant["excluded_count"],
                             "int8_quantized_matmuls": quant["quantized_matmuls"],
-                            "int8_per_channel": o["int8_per_channel"], "threshold": encoder.config.threshold,
+                            "int8_per_channel": o["int8_per_channel"], "int8_method": o["int8_method"],
+                            "int8_block_size": int(o["int8_block_size"]), "threshold": encoder.config.threshold,
                             "faq_entries": len(faq.ids) if faq else 0, "gates": gates.__dict__,
                             "serving": limits.__dict__, "dev": dev.attrs.get("source", o["dev"] or "demo dev")})
         bundles = {engine: write_bundle(encoder, work / engine, work / f"bundle_{engine}", engine=engine,
@@ -363,8 +371,9 @@ def cli(**o) -> dict:
                              "onnx_int8_bytes": quant["file_bytes"]})
         _mlflow.log_json({**built, "parity": report, "gates": gates.__dict__}, "export_report.json")
         mlflow.set_tag("flipkd.served_engine", o["serve"])
-        click.echo(f"exported with {info['exporter']} (opset {info['opset']}); "
-                   f"int8 keeps {quant['excluded_count']} down_proj MatMuls in fp32")
+        click.echo(f"exported with {info['exporter']} (opset {info['opset']}); int8 {quant['method']}"
+                   + (f", {quant['excluded_count']} down_proj MatMuls kept in fp32" if quant["excluded_count"] else
+                      f", blocks of {quant['block_size']}" if quant["method"] == "blockwise" else ""))
         click.echo(f"fp32: max abs diff {metrics['fp32_max_abs_diff']:.2e}  dev F1 {metrics['fp32_dev_f1']:.4f}   "
                    f"int8: min cosine {metrics['int8_min_cosine']:.4f}  dev F1 {metrics['int8_dev_f1']:.4f} "
                    f"(delta {metrics['int8_dev_f1_delta']:+.4f})   torch dev F1 {metrics['torch_dev_f1']:.4f} "

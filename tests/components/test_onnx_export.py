@@ -132,6 +132,34 @@ def test_int8_quantization_keeps_down_proj_in_fp32(tiny_lm, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-4)
 
 
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_blockwise_int8_quantizes_every_matmul_and_stays_close(tiny_lm, tmp_path, block_size):
+    """Every MatMul becomes an 8-bit MatMulNBits; per-row, per-block activation scales keep z close to torch."""
+    enc = make_encoder(tiny_lm, layer=-1)
+    export_onnx(enc.merged_encoder(), tmp_path / "fp32.onnx")
+    matmuls = sum(n.op_type == "MatMul" and n.input[1] in {i.name for i in onnx.load(
+        str(tmp_path / "fp32.onnx")).graph.initializer} for n in onnx.load(str(tmp_path / "fp32.onnx")).graph.node)
+    info = quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", method="blockwise", block_size=block_size)
+    assert info["method"] == "blockwise" and info["excluded_count"] == 0
+    assert info["quantized_matmuls"] == matmuls > 0
+    nodes = [n for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
+    assert attrs["bits"] == 8 and attrs["block_size"] == block_size and attrs["accuracy_level"] == 4
+    texts = random_texts(20, seed=5)
+    report = parity(enc, ort_session(tmp_path / "int8.onnx", threads=1), texts)
+    quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8_dyn.onnx", exclude_down_proj=False)
+    dyn_report = parity(enc, ort_session(tmp_path / "int8_dyn.onnx", threads=1), texts)
+    print(f"tiny model: blockwise min cosine {report['min_cosine']:.5f}, dynamic {dyn_report['min_cosine']:.5f}")
+    assert report["min_cosine"] > 0.995 and report["min_cosine"] >= dyn_report["min_cosine"]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"method": "static"}, "int8 method"),
+                                               ({"method": "blockwise", "block_size": 24}, "block_size")])
+def test_bad_int8_settings(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", **kwargs)
+
+
 def test_compare_and_example_inputs():
     a = np.eye(3, dtype=np.float32)
     assert compare(a, a) == {"max_abs_diff": 0.0, "min_cosine": 1.0, "mean_cosine": 1.0, "texts": 3.0}
