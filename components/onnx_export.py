@@ -20,10 +20,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,18 @@ def _needs_external_data(path: Path) -> bool:
 INT8_METHODS = ("dynamic", "blockwise")
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantizers log hints at INFO/WARNING on the root logger on every call; keep errors only."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, exclude_down_proj: bool = True,
                   per_channel: bool = False, method: str = "dynamic", block_size: int = 32) -> dict:
     """Int8 copy of the model's MatMuls.
@@ -161,15 +174,10 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, exclude_down_pro
     if exclude_down_proj and not excluded:
         logger.warning("no down_proj MatMul found in %s: every MatMul is quantized", fp32_path)
     start = time.perf_counter()
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))  # quantize_dynamic logs a pre-processing hint on every call
-    try:
+    with _quiet_root_logger():
         quantize_dynamic(str(fp32_path), str(int8_path), op_types_to_quantize=["MatMul"], per_channel=per_channel,
                          weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                          use_external_data_format=_needs_external_data(fp32_path))
-    finally:
-        root.setLevel(level)
     quantized = onnx.load(str(int8_path), load_external_data=False)
     integer_ops = sum(1 for n in quantized.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul"))
     return {"path": str(int8_path), "weight_type": "int8", "method": "dynamic", "per_channel": per_channel,
@@ -197,13 +205,8 @@ def quantize_int8_blockwise(fp32_path: str | Path, int8_path: str | Path, block_
     config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=8)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), bits=8, block_size=block_size, is_symmetric=True,
                                      accuracy_level=4, algo_config=config)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))
-    try:
+    with _quiet_root_logger():
         quantizer.process()
-    finally:
-        root.setLevel(level)
     quantizer.model.save_model_to_file(str(int8_path), use_external_data_format=_needs_external_data(fp32_path))
     quantized = onnx.load(str(int8_path), load_external_data=False)
     integer_ops = sum(1 for n in quantized.graph.node if n.op_type == "MatMulNBits")
