@@ -22,6 +22,7 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -36,8 +37,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from components.checksums import CHECKSUM_FILE, verify_checksums, write_checksums  # noqa: F401
-from components.lora_dropout import DROPOUT_SITES, install_lora_dropout
-from components.packing import pack
+from components.lora_dropout import DROPOUT_SITES, install_lora_dropout, masks_by_token
+from components.packing import pack, padded_token_index
 from components.pooling import POOLING_MODES, pool_normalized
 
 ENCODER_FILE = "flipkd_encoder.json"
@@ -187,7 +188,9 @@ class LoraEncoder(nn.Module):
         """z [N, r], L2-normalised; differentiable. Runs the model only up to the representation module.
 
         ``pack_capacity > 0``: the texts are packed into rows of about that many tokens
-        (:mod:`components.packing`) instead of padded; same z, less padding computed.
+        (:mod:`components.packing`) instead of padded; same z, less padding computed. In training, LoRA
+        dropout masks are drawn per real token, so padded and packed layouts train the same model
+        (:func:`components.lora_dropout.masks_by_token`).
         """
         self._captured = None
         packed = None
@@ -195,12 +198,17 @@ class LoraEncoder(nn.Module):
             packed = pack(input_ids, attention_mask, pack_capacity, pad_token_id=self.tokenizer.pad_token_id)
             inputs = {"input_ids": packed.input_ids, "attention_mask": packed.attention_bias,
                       "position_ids": packed.position_ids}
+            token_index = packed.token_index()
         else:
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
                       "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp_min(0)}
+            token_index = padded_token_index(attention_mask)
         self.computed_tokens = inputs["input_ids"].numel()
+        masks = (masks_by_token(token_index, int(attention_mask.sum())) if self.training and self.config.dropout > 0
+                 else contextlib.nullcontext())
         try:
-            self.model(**inputs, use_cache=False)
+            with masks:
+                self.model(**inputs, use_cache=False)
         except _StopForward:
             pass
         if self._captured is None:

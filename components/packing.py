@@ -38,6 +38,18 @@ class Packed:
         out[self.attention_mask.bool()] = packed_out[self.rows, self.cols]
         return out
 
+    def token_index(self) -> torch.Tensor:
+        """[R, W]: at each packed position, the number of its real token in the padded batch (0 at padding)."""
+        index = torch.zeros(self.input_ids.shape, dtype=torch.long)
+        index[self.rows, self.cols] = torch.arange(len(self.rows))
+        return index
+
+
+def padded_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[N, L]: at each padded position, the number of its real token in row-major order (0 at padding)."""
+    flat = attention_mask.reshape(-1).long()
+    return (flat.cumsum(0) - 1).clamp_min(0).view(attention_mask.shape)
+
 
 def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int = 256,
          dtype: torch.dtype = torch.float32, pad_token_id: int = 0) -> Packed:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from components.lora_dropout import FastDropout, fast_dropout, install_lora_dropout, keep_mask
+from components.lora_dropout import FastDropout, fast_dropout, install_lora_dropout, keep_mask, masks_by_token
 from components.lora_encoder import EncoderConfig, LoraEncoder
 
 
@@ -47,6 +47,41 @@ def test_gradient_is_the_mask():
     y.sum().backward()
     torch.manual_seed(1)
     assert torch.equal(x.grad, keep_mask(x.shape, 0.4, x.dtype))
+
+
+def test_masks_by_token_follow_the_token_not_the_position():
+    """Positions holding the same real token get the same mask row; the keep rate is unchanged."""
+    index = torch.tensor([[0, 1, 2, 2], [3, 0, 4, 1]])
+    x = torch.ones(2, 4, 3000)
+    torch.manual_seed(0)
+    with masks_by_token(index, tokens=5):
+        y = fast_dropout(x, 0.3)
+        other = fast_dropout(torch.ones(7, 5), 0.3)  # a shape that is not the layout's: drawn per element
+    assert torch.equal(y[0, 2], y[0, 3]) and torch.equal(y[0, 0], y[1, 1]) and torch.equal(y[0, 1], y[1, 3])
+    assert not torch.equal(y[0, 0], y[0, 1])
+    assert abs((y > 0).float().mean().item() - 0.7) < 0.02
+    assert other.shape == (7, 5)
+
+
+def test_masks_by_token_use_one_global_draw_per_forward():
+    """However many modules drop out inside, the global generator moves by one draw, so extra modules
+    (a full-depth forward) leave later masks unchanged."""
+    def after(calls):
+        torch.manual_seed(0)
+        with masks_by_token(torch.zeros(1, 2, dtype=torch.long), tokens=1):
+            for _ in range(calls):
+                fast_dropout(torch.ones(1, 2, 8), 0.5)
+        return torch.rand(3)
+    assert torch.equal(after(1), after(5))
+
+
+@pytest.mark.parametrize(("index", "tokens"), [(torch.zeros(3, dtype=torch.long), 1),
+                                              (torch.tensor([[0, 2]]), 2), (torch.tensor([[-1, 0]]), 2),
+                                              (torch.zeros(1, 1, dtype=torch.long), 0)])
+def test_masks_by_token_refuses_bad_index(index, tokens):
+    with pytest.raises(ValueError, match="token_index"):
+        with masks_by_token(index, tokens):
+            pass
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0])

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from components.lora_encoder import EncoderConfig, LoraEncoder
-from components.packing import pack
+from components.packing import pack, padded_token_index
 
 TEXTS = ["alpha beta gamma delta epsilon zeta eta theta", "iota", "kappa lambda mu", "nu xi omicron pi rho",
          "sigma", "tau upsilon phi chi psi omega alpha beta"]
@@ -28,6 +28,43 @@ def test_packed_forward_equals_padded(tiny_lm, capacity, padding_side, attention
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
     if capacity >= 8:
         assert enc.computed_tokens < padded_tokens
+
+
+@pytest.mark.parametrize("site", ["input", "bottleneck"])
+def test_training_dropout_does_not_depend_on_layout(tiny_lm, site):
+    """Seeded alike, padded, full-length padded and packed layouts draw the same dropout masks per real token."""
+    model, tokenizer = tiny_lm
+    torch.manual_seed(0)
+    enc = LoraEncoder(model, tokenizer, EncoderConfig(rank=4, alpha=8, dropout=0.3, dropout_site=site))
+    for p in enc.trainable_parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    enc.train()
+    batch = enc.tokenize(TEXTS)
+    extra = 5  # full-length padding on the right, as the trainer's naive loop does
+    full = {"input_ids": torch.nn.functional.pad(batch["input_ids"], (0, extra), value=tokenizer.pad_token_id),
+            "attention_mask": torch.nn.functional.pad(batch["attention_mask"], (0, extra), value=0)}
+
+    def z(inputs, capacity=0, seed=7):
+        torch.manual_seed(seed)
+        return enc(**inputs, pack_capacity=capacity).detach()
+
+    reference = z(batch)
+    for inputs, capacity in ((batch, 8), (batch, 3), (full, 0), (full, 8)):
+        torch.testing.assert_close(z(inputs, capacity), reference, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(z(batch, seed=8), reference, atol=1e-3)  # the masks are random ...
+    enc.eval()
+    assert not torch.allclose(z(batch), reference, atol=1e-3)  # ... and active in training only
+
+
+def test_token_index_names_each_real_token_once():
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1]])
+    padded = padded_token_index(mask)
+    assert padded[mask.bool()].tolist() == list(range(6))
+    packed = pack(torch.arange(9).view(3, 3), mask, capacity=3)
+    index = packed.token_index()
+    assert sorted(index[packed.rows, packed.cols].tolist()) == list(range(6))
+    flat_ids = torch.arange(9).view(3, 3)[mask.bool()]
+    assert torch.equal(packed.input_ids[packed.rows, packed.cols], flat_ids[index[packed.rows, packed.cols]])
 
 
 def test_rows_are_balanced_and_texts_kept_whole():

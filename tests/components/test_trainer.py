@@ -91,10 +91,13 @@ def test_naive_loop_computes_the_same_steps():
     assert all(n_pad > f_pad for (_, f_pad), (_, n_pad) in zip(fast, naive, strict=True))
 
 
-def test_naive_and_default_fp32_losses_agree():
+@pytest.mark.parametrize(("dropout", "site"), [(0.0, "input"), (0.2, "input"), (0.2, "bottleneck")])
+def test_naive_and_default_fp32_losses_agree(dropout, site):
+    """With dropout too: masks are drawn per real token, so padding and packing do not change them."""
     def run(naive):
         torch.manual_seed(0)
-        enc = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, dropout=0.0, layer=1, max_length=16))
+        enc = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, dropout=dropout, dropout_site=site,
+                                                                        layer=1, max_length=16))
         seen = []
         Trainer(enc, FlipKDLoss(), tiny_pairs(), TrainConfig(learning_rate=1e-3, batch_size=4, max_steps=4,
                                                              precision="fp32", naive=naive),
