@@ -6,8 +6,9 @@ Measures: the matmul peak (large ``torch.mm``, fp32; bf16 where the CPU has nati
 packaged student at the default config on the demo training split: training pairs/s and model FLOP
 utilisation (MFU = 4 x parameters needed x real tokens per second / matmul peak of the precision used;
 parameters needed = those of the layers the representation actually passes through), the same for the
-``--naive`` loop on the same batches, dev F1 of both after the same number of steps, teacher texts/s
-and student ``encode`` texts/s. Writes ``benchmarks/results/throughput.json`` and its section of
+``--naive`` loop on the same batches, dev F1 of both after the same number of steps, the same for the
+``bf16`` option when the default is fp32 and the CPU has native bf16, teacher texts/s and student
+``encode`` texts/s. Writes ``benchmarks/results/throughput.json`` and its section of
 ``benchmarks/RESULTS.md``. Absolute times on a shared machine are noisy: compare the ratios.
 """
 
@@ -32,7 +33,7 @@ from components.models import load_student, resolve_student
 from components.noise_filter import DualThresholdFilter
 from components.teacher import TeacherScorer
 from components.teacher_signal import compute_teacher_signal
-from components.trainer import TrainConfig, Trainer, TrainingPairs, cpu_supports_bf16
+from components.trainer import PRECISIONS, TrainConfig, Trainer, TrainingPairs, cpu_supports_bf16
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
 
@@ -61,7 +62,7 @@ def needed_parameters(encoder: LoraEncoder) -> int:
 
 
 def train_run(pairs: TrainingPairs, dev, naive: bool, steps: int, seed: int,
-              encoder_config: EncoderConfig | None = None) -> dict:
+              encoder_config: EncoderConfig | None = None, precision: str = TrainConfig.precision) -> dict:
     torch.manual_seed(seed)
     model, tokenizer = load_student(resolve_student())
     encoder = LoraEncoder(model, tokenizer, encoder_config or EncoderConfig())
@@ -72,7 +73,8 @@ def train_run(pairs: TrainingPairs, dev, naive: bool, steps: int, seed: int,
         times.append(time.perf_counter())
 
     trainer = Trainer(encoder, FlipKDLoss(LossConfig()), pairs,
-                      TrainConfig(max_steps=steps, naive=naive, seed=seed), on_step=on_step, show_progress=True)
+                      TrainConfig(max_steps=steps, naive=naive, seed=seed, precision=precision), on_step=on_step,
+                      show_progress=True)
     start = time.perf_counter()
     summary = trainer.train()
     # skip the first step (allocator warm-up) in the rate
@@ -90,7 +92,9 @@ def train_run(pairs: TrainingPairs, dev, naive: bool, steps: int, seed: int,
 @click.option("--steps", type=click.IntRange(min=3), default=30, show_default=True, help="Training steps per loop.")
 @click.option("--quick", is_flag=True, help="A short check (8 steps); figures are not representative.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(steps: int, quick: bool, seed: int) -> None:
+@click.option("--precision", type=click.Choice(PRECISIONS), default=TrainConfig.precision, show_default=True,
+              help="Precision of the default loop (the naive loop is always fp32).")
+def main(steps: int, quick: bool, seed: int, precision: str) -> None:
     """Measure training/inference throughput and MFU; write RESULTS.md and results/throughput.json."""
     steps = 8 if quick else steps
     peak = {"fp32": matmul_peak_gflops(torch.float32)}
@@ -111,11 +115,14 @@ def main(steps: int, quick: bool, seed: int) -> None:
     pairs = TrainingPairs(list(train["text_a"]), list(train["text_b"]), train["label"].to_numpy(np.float64),
                           signal.splits["train"].emb_a, signal.splits["train"].emb_b, signal.calibrator, keep)
 
-    fast = train_run(pairs, splits["dev"], naive=False, steps=steps, seed=seed)
+    fast = train_run(pairs, splits["dev"], naive=False, steps=steps, seed=seed, precision=precision)
     naive = train_run(pairs, splits["dev"], naive=True, steps=steps, seed=seed)
     flops_per_token = 4 * fast["needed_params"]
     mfu = flops_per_token * fast["tokens_per_s"] / (peak[fast["precision"]] * 1e9)
     naive_mfu = flops_per_token * naive["tokens_per_s"] / (peak[naive["precision"]] * 1e9)
+    # the bf16 option beside an fp32 default, same batches: what it buys and how far it parts from fp32
+    bf16 = (train_run(pairs, splits["dev"], naive=False, steps=steps, seed=seed, precision="bf16")
+            if fast["precision"] == "fp32" and "bf16" in peak else None)
 
     model, tokenizer = load_student(resolve_student())
     encoder = LoraEncoder(model, tokenizer, EncoderConfig())
@@ -134,14 +141,19 @@ def main(steps: int, quick: bool, seed: int) -> None:
         "teacher_texts_per_s": teacher_tps, "student_encode_texts_per_s": student_tps,
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "quick": quick,
     }
+    if bf16 is not None:
+        results.update({"bf16_train_pairs_per_s": bf16["pairs_per_s"], "bf16_dev_f1": bf16["dev_f1"],
+                        "bf16_mfu": flops_per_token * bf16["tokens_per_s"] / (peak["bf16"] * 1e9)})
     print(json.dumps(results, indent=2))
     if quick:
         print("--quick: results not written")
         return
+    command = "python -m benchmarks.throughput" + (f" --steps {steps}" if steps != 30 else "") + (
+        f" --precision {precision}" if precision != TrainConfig.precision else "")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     write_section("throughput", "\n".join([
-        "Command: `python -m benchmarks.throughput` (packaged SmolLM2-135M student, default config, demo train "
+        f"Command: `{command}` (packaged SmolLM2-135M student, default config, demo train "
         f"split, {steps} steps per loop, {results['threads']} threads, precision {results['precision']}).",
         "",
         "| figure | value |", "|---|---|",
@@ -152,6 +164,9 @@ def main(steps: int, quick: bool, seed: int) -> None:
         f"| MFU, default loop (naive) | {100 * mfu:.1f}% ({100 * naive_mfu:.1f}%) |",
         f"| data loader share of step time | {100 * fast['data_share']:.1f}% |",
         f"| dev F1 after {steps} steps, default (naive) | {fast['dev_f1']:.3f} ({naive['dev_f1']:.3f}) |",
+        *([f"| `--precision bf16` option: pairs/s (x default), MFU (bf16 peak), dev F1 | "
+           f"{bf16['pairs_per_s']:.2f} ({bf16['pairs_per_s'] / fast['pairs_per_s']:.2f}x), "
+           f"{100 * results['bf16_mfu']:.1f}%, {bf16['dev_f1']:.3f} |"] if bf16 else []),
         f"| teacher texts/s | {teacher_tps:.0f} |",
         f"| student `encode` texts/s (batch 32) | {student_tps:.1f} |",
     ]))

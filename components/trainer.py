@@ -49,7 +49,10 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int = 0
     seed: int = 0
-    precision: str = "auto"
+    # fp32: the same model on every machine, and the exact result of the naive loop (benchmarks/RESULTS.md,
+    # throughput). "bf16" / "auto" (bf16 where the CPU has native bf16) train about 1.5x faster there but part
+    # from the fp32 trajectory: dev F1 0.667 against 0.700 after 30 demo steps (README, "Defaults").
+    precision: str = "fp32"
     bucket_batches: int = 50
     # texts of a step packed into rows of about this many tokens (components.packing); 0: padded batches
     pack_capacity: int = 256
