@@ -47,6 +47,14 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CHECKSUMMED = (ADAPTER_WEIGHTS, "adapter_config.json", ENCODER_FILE)
 
 
+# Named representation prompts: (instruction, suffix, append_eos). "prompteol" is PromptEOL (Jiang et al., 2023,
+# "Scaling Sentence Embeddings with Large Language Models"): the last token must sum the text up in one word.
+PROMPTS: dict[str, tuple[str, str, bool]] = {
+    "none": ("", "", True),
+    "prompteol": ('This sentence : "', '" means in one word:"', False),
+}
+
+
 @dataclass
 class EncoderConfig:
     """LoRA and representation settings; defaults from METHOD.md (OURS parts are options)."""
@@ -64,7 +72,9 @@ class EncoderConfig:
     pooling: str = "last"
     max_length: int = 64
     append_eos: bool = True
+    # text = instruction + text + suffix (+ EOS); only the text is truncated. See PROMPTS.
     instruction: str = ""
+    suffix: str = ""
     threshold: float = 0.5
     pair_prompt: str = ("Do these two texts ask for the same thing?\nText 1: {text_a}\nText 2: {text_b}\n"
                         "Answer yes or no:")
@@ -169,11 +179,16 @@ class LoraEncoder(nn.Module):
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids with EOS appended (the last-token pooling point), dynamically padded."""
         cfg = self.config
-        room = cfg.max_length - (1 if cfg.append_eos else 0)
+        tail = self.tokenizer(cfg.suffix, add_special_tokens=False)["input_ids"] if cfg.suffix else []
+        if cfg.append_eos:
+            tail = [*tail, self.tokenizer.eos_token_id]
+        room = cfg.max_length - len(tail)
+        if room < 1:
+            raise ValueError(f"max_length {cfg.max_length} leaves no room for text after the suffix and EOS "
+                             f"({len(tail)} tokens)")
         ids = self.tokenizer([cfg.instruction + t for t in texts], add_special_tokens=True, truncation=True,
                              max_length=room)["input_ids"]
-        if cfg.append_eos:
-            ids = [row + [self.tokenizer.eos_token_id] for row in ids]
+        ids = [row + tail for row in ids]
         width = max(len(row) for row in ids)
         pad, left = self.tokenizer.pad_token_id, self.tokenizer.padding_side == "left"
         input_ids = torch.full((len(ids), width), pad, dtype=torch.long)

@@ -30,7 +30,7 @@ from components.augment import AugmentConfig, teacher_labelled_pairs
 from components.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
 from components.distributed import DistributedContext
-from components.lora_encoder import EncoderConfig, LoraEncoder
+from components.lora_encoder import PROMPTS, EncoderConfig, LoraEncoder
 from components.metrics import best_f1
 from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
 from components.teacher import TeacherScorer
@@ -251,7 +251,8 @@ def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfi
     encoder = EncoderConfig(rank=o["rank"], alpha=o["lora_alpha"], dropout=o["lora_dropout"],
                             dropout_site=o["lora_dropout_site"],
                             target_modules=targets if targets == "all-linear" else targets.split(","),
-                            layer=o["layer"], module=o["module"], pooling=o["pooling"], max_length=o["max_length"])
+                            layer=o["layer"], module=o["module"], pooling=o["pooling"], max_length=o["max_length"],
+                            **dict(zip(("instruction", "suffix", "append_eos"), PROMPTS[o["prompt"]], strict=True)))
     loss = LossConfig(w_sup=o["w_sup"], w_dist=o["w_dist"], w_mcl=o["w_mcl"], parts=o["loss_parts"],
                       sup_mode=o["sup_mode"], distill_mode=o["distill_mode"], margin=o["margin"],
                       temperature=o["temperature"], margin_rule=o["margin_rule"], delta_pos=o["delta_pos"],
@@ -281,6 +282,9 @@ def student_options(func):
         option("--module", default="q_proj", help="LoRA module whose A output is the representation."),
         option("--pooling", type=click.Choice(["last", "mean"]), default="last", help="Sequence pooling of z."),
         option("--max-length", type=click.IntRange(min=2), default=64, help="Student tokens per text."),
+        option("--prompt", type=click.Choice(list(PROMPTS)), default="none",
+               help="Representation prompt around each text: none (text + EOS) or prompteol "
+                    "('This sentence : \"TEXT\" means in one word:\"', last token pooled)."),
         option("--loss-parts", default="sup,dist,mcl", callback=_parts,
                help="Loss parts to train with (ablations: e.g. 'sup,dist' is without L_MCL)."),
         option("--w-sup", type=click.FloatRange(min=0), default=1.0, help="Weight of L_sup."),

@@ -8,7 +8,7 @@ The model folder (one artifact, ``bundle``) holds:
 - ``model.onnx`` (the served file: int8, or fp32 when exported with ``--serve fp32``) mapping
   ``input_ids``, ``attention_mask`` -> ``pooled`` (L2-normalised z);
 - ``tokenizer.json`` (the student's tokenizer, read with ``tokenizers.Tokenizer.from_file``);
-- ``flipkd_serving.json`` (:data:`CONFIG_FILE`): max length, EOS/pad ids, padding side, instruction prefix,
+- ``flipkd_serving.json`` (:data:`CONFIG_FILE`): max length, EOS/pad ids, padding side, instruction prefix, suffix,
   decision threshold, limits, top-k;
 - with an FAQ: ``faq.json`` (ids and texts) and ``faq_embeddings.npy`` (float32 [M, r], read with
   ``allow_pickle=False``), embedded once at export time by the served ONNX file;
@@ -17,7 +17,8 @@ The model folder (one artifact, ``bundle``) holds:
   listing, exported before it existed, is loaded unchecked).
 
 Text is tokenized exactly as ``LoraEncoder.tokenize`` does: instruction prefix, the tokenizer's own special
-tokens, truncation to ``max_length - 1`` tokens, EOS appended, padding on the tokenizer's side. So the
+tokens, truncation so that the suffix's tokens and EOS still fit in ``max_length``, then the suffix and EOS
+appended, padding on the tokenizer's side. So the
 served vectors equal the torch ``encode`` vectors (fp32 within 1e-4).
 
 Input forms (a pandas DataFrame; JSON ``dataframe_split``, ``dataframe_records`` and ``inputs`` all arrive
@@ -75,7 +76,7 @@ TOP_K_MAX = 100
 DEFAULTS: dict[str, Any] = {
     "format": FORMAT, "model_file": MODEL_FILE, "tokenizer_file": TOKENIZER_FILE, "engine": "int8",
     "max_length": 64, "append_eos": True, "eos_token_id": None, "pad_token_id": None, "padding_side": "right",
-    "truncation_side": "right", "instruction": "", "threshold": 0.5, "dimension": None, "max_rows": 256,
+    "truncation_side": "right", "instruction": "", "suffix": "", "threshold": 0.5, "dimension": None, "max_rows": 256,
     "max_chars": 4000, "on_long_text": "reject", "encode_batch_size": 32, "threads": None, "top_k": 5,
     "faq_file": None, "faq_embeddings_file": None,
 }
@@ -111,10 +112,15 @@ class OnnxTextEncoder:
         cfg = self.config
         self.tokenizer = Tokenizer.from_file(str(folder / cfg["tokenizer_file"]))
         self.tokenizer.no_padding()
-        self.room = int(cfg["max_length"]) - (1 if cfg["append_eos"] else 0)
-        self.tokenizer.enable_truncation(max_length=self.room, direction=cfg["truncation_side"])
         if cfg["append_eos"] and cfg["eos_token_id"] is None:
             raise ValueError(f"{CONFIG_FILE}: append_eos needs eos_token_id")
+        self.tail = list(self.tokenizer.encode(cfg["suffix"], add_special_tokens=False).ids) if cfg["suffix"] else []
+        if cfg["append_eos"]:
+            self.tail.append(int(cfg["eos_token_id"]))
+        self.room = int(cfg["max_length"]) - len(self.tail)
+        if self.room < 1:
+            raise ValueError(f"{CONFIG_FILE}: max_length {cfg['max_length']} leaves no room for text")
+        self.tokenizer.enable_truncation(max_length=self.room, direction=cfg["truncation_side"])
         self.pad_id = int(cfg["pad_token_id"] if cfg["pad_token_id"] is not None else cfg["eos_token_id"] or 0)
         env_threads = os.environ.get(THREADS_ENV)
         threads = threads or (int(env_threads) if env_threads else None) or cfg["threads"]
@@ -124,10 +130,7 @@ class OnnxTextEncoder:
         """Token ids per text, as ``LoraEncoder.tokenize`` makes them (before padding)."""
         cfg = self.config
         encodings = self.tokenizer.encode_batch([cfg["instruction"] + t for t in texts], add_special_tokens=True)
-        ids = [list(e.ids) for e in encodings]
-        if cfg["append_eos"]:
-            ids = [row + [int(cfg["eos_token_id"])] for row in ids]
-        return ids
+        return [list(e.ids) + self.tail for e in encodings]
 
     def batch(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Padded int64 ``input_ids`` and ``attention_mask`` [N, longest]."""

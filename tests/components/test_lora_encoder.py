@@ -164,3 +164,20 @@ def test_dropout_site(site):
     kinds = {type(m["default"]).__name__ for m in (mod.lora_dropout for mod in enc.model.modules()
                                                    if hasattr(mod, "lora_dropout"))}
     assert kinds == ({"Identity"} if site == "bottleneck" else {"FastDropout"})
+
+
+@pytest.mark.parametrize("append_eos", [True, False])
+def test_suffix_follows_the_truncated_text(tiny_lm, append_eos):
+    """Only the text is truncated: the prompt's suffix (and EOS) always end the sequence."""
+    model, tok = tiny_lm
+    enc = LoraEncoder(model, tok, EncoderConfig(rank=4, max_length=8, instruction="alpha ", suffix=" gamma delta",
+                                                append_eos=append_eos))
+    tail = tok(" gamma delta", add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if append_eos else [])
+    head = tok("alpha", add_special_tokens=False)["input_ids"]
+    for text in (" ".join(random_texts(6, seed=1)), "beta"):
+        batch = enc.tokenize([text])
+        ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+        assert ids[: len(head)] == head and ids[-len(tail):] == tail and len(ids) <= 8
+    assert len(ids) == len(head) + len(tok("beta", add_special_tokens=False)["input_ids"]) + len(tail)
+    with pytest.raises(ValueError, match="no room"):
+        LoraEncoder(model, tok, EncoderConfig(rank=4, max_length=2, suffix=" gamma delta")).tokenize(["beta"])

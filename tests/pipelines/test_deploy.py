@@ -125,6 +125,34 @@ def served(model_uri: str, cwd: Path):
 # ------------------------------------------------------------------------------------------ tests
 
 
+PROMPTS = [({}, 16), ({"instruction": "alpha beta "}, 16), ({"suffix": " gamma delta"}, 16),
+           ({"instruction": "alpha ", "suffix": " gamma delta", "append_eos": False}, 6)]
+
+
+@pytest.mark.parametrize(("prompt", "max_length"), PROMPTS, ids=["plain", "instruction", "suffix", "both_no_eos"])
+def test_served_tokens_and_vectors_equal_torch(tmp_path, prompt, max_length):
+    """The bundle tokenizes as LoraEncoder.tokenize does (prefix, truncated text, suffix, EOS)."""
+    import torch
+
+    from components.lora_encoder import EncoderConfig, LoraEncoder
+    from components.onnx_export import export_onnx
+    from serving.onnx_pyfunc import OnnxTextEncoder
+    from tests.tiny_models import tiny_llama, tiny_tokenizer
+
+    torch.manual_seed(0)
+    enc = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, alpha=8, dropout=0.0,
+                                                                    max_length=max_length, **prompt)).eval()
+    for p in enc.trainable_parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    export_onnx(enc.merged_encoder(), tmp_path / "onnx" / "model.onnx")
+    bundle = export.write_bundle(enc, tmp_path / "onnx", tmp_path / "bundle", engine="fp32", limits=export.Limits())
+    served = OnnxTextEncoder(bundle, threads=1)
+    texts = [*random_texts(12, seed=3), " ".join(random_texts(8, seed=4))]  # the last one is truncated
+    assert export.token_mismatches(enc, served, texts) == 0
+    assert max(len(ids) for ids in served.token_ids(texts)) == max_length
+    np.testing.assert_allclose(served.encode(texts, 4), enc.encode(texts).numpy(), atol=1e-4, rtol=0)
+
+
 def test_serving_module_needs_no_torch():
     code = ("import sys; import serving.onnx_pyfunc as m; "
             "bad = [k for k in ('torch', 'transformers', 'peft') if k in sys.modules]; "
