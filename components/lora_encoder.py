@@ -213,14 +213,14 @@ class LoraEncoder(nn.Module):
             packed = pack(input_ids, attention_mask, pack_capacity, pad_token_id=self.tokenizer.pad_token_id)
             inputs = {"input_ids": packed.input_ids, "attention_mask": packed.attention_bias,
                       "position_ids": packed.position_ids}
-            token_index = packed.token_index()
         else:
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
                       "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp_min(0)}
-            token_index = padded_token_index(attention_mask)
         self.computed_tokens = inputs["input_ids"].numel()
-        masks = (masks_by_token(token_index, int(attention_mask.sum())) if self.training and self.config.dropout > 0
-                 else contextlib.nullcontext())
+        masks = contextlib.nullcontext()
+        if self.training and self.config.dropout > 0:  # no masks to draw at inference
+            token_index = packed.token_index() if packed is not None else padded_token_index(attention_mask)
+            masks = masks_by_token(token_index, int(attention_mask.sum()))
         try:
             with masks:
                 self.model(**inputs, use_cache=False)
