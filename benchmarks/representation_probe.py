@@ -36,13 +36,14 @@ RESULTS = Path(__file__).resolve().parent / "results" / "representation_probe.js
 
 @torch.inference_mode()
 def pooled_states(encoder: LoraEncoder, texts: list[str], batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """``{pooling: [layers, N, hidden]}`` L2-normalised, for every hidden state of the model."""
+    """``{pooling: [layers, N, hidden]}`` L2-normalised, for every hidden state of the plain LLM (LoRA off)."""
     out: dict[str, list[torch.Tensor]] = {mode: [] for mode in POOLING_MODES}
     for start in tqdm(range(0, len(texts), batch_size), desc="probe", unit="batch", leave=False):
         batch = encoder.tokenize(texts[start:start + batch_size])
         mask = batch["attention_mask"]
-        states = encoder.model(**batch, position_ids=(mask.cumsum(-1) - 1).clamp_min(0), output_hidden_states=True,
-                               use_cache=False).hidden_states
+        with encoder.model.disable_adapter():
+            states = encoder.model(**batch, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                                   output_hidden_states=True, use_cache=False).hidden_states
         for mode in POOLING_MODES:
             out[mode].append(torch.stack([pool_normalized(h.float(), mask, mode) for h in states]))
     return {mode: torch.cat(chunks, dim=1) for mode, chunks in out.items()}
@@ -58,6 +59,10 @@ def score_layers(states: torch.Tensor, index_a: list[int], index_b: list[int], m
             row["spearman"] = float(spearmanr(cosine, graded).statistic)
         rows.append(row)
     return rows
+
+
+def _cell(row: dict) -> str:
+    return f"{row['ap']:.3f} / {row['f1']:.3f}" + (f" / {row['spearman']:.3f}" if "spearman" in row else "")
 
 
 @click.command()
@@ -95,22 +100,16 @@ def main(datasets: str, prompts: str, max_dev: int, data_root: Path, max_length:
         graded = dev["label"].to_numpy(np.float64) if name == "stsbenchmark" else None
         results[name] = {"pairs": len(dev)}
         for prompt in chosen:
-            instruction, suffix, eos = PROMPTS[prompt]
             model, tokenizer = load_student(resolve_student())  # fresh: LoraEncoder wraps the model in place
-            encoder = LoraEncoder(model, tokenizer, EncoderConfig(max_length=max_length, instruction=instruction,
-                                                                  suffix=suffix, append_eos=eos, dropout=0.0))
-            encoder.eval()
-            encoder._stop_early = False  # every layer's state is wanted, not just the representation module's
-            states = pooled_states(encoder, texts)
+            config = EncoderConfig(max_length=max_length, dropout=0.0, **PROMPTS[prompt])
+            encoder = LoraEncoder(model, tokenizer, config)
+            states = pooled_states(encoder.eval(), texts)
             results[name][prompt] = {}
             for mode, stacked in states.items():
                 rows = score_layers(stacked, index_a, index_b, match, graded)
                 results[name][prompt][mode] = rows
                 last, best = rows[-1], max(rows, key=lambda r: r["ap"])
-
-                def fmt(r: dict) -> str:
-                    return f"{r['ap']:.3f} / {r['f1']:.3f}" + (f" / {r['spearman']:.3f}" if "spearman" in r else "")
-                lines.append(f"| {name} | {prompt} | {mode} | {fmt(last)} | layer {best['layer']}: {fmt(best)} |")
+                lines.append(f"| {name} | {prompt} | {mode} | {_cell(last)} | layer {best['layer']}: {_cell(best)} |")
                 print(lines[-1], flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

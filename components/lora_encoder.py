@@ -47,11 +47,11 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CHECKSUMMED = (ADAPTER_WEIGHTS, "adapter_config.json", ENCODER_FILE)
 
 
-# Named representation prompts: (instruction, suffix, append_eos). "prompteol" is PromptEOL (Jiang et al., 2023,
+# Named representation prompts, as EncoderConfig fields. "prompteol" is PromptEOL (Jiang et al., 2023,
 # "Scaling Sentence Embeddings with Large Language Models"): the last token must sum the text up in one word.
-PROMPTS: dict[str, tuple[str, str, bool]] = {
-    "none": ("", "", True),
-    "prompteol": ('This sentence : "', '" means in one word:"', False),
+PROMPTS: dict[str, dict[str, str | bool]] = {
+    "none": {"instruction": "", "suffix": "", "append_eos": True},
+    "prompteol": {"instruction": 'This sentence : "', "suffix": '" means in one word:"', "append_eos": False},
 }
 
 

@@ -252,7 +252,7 @@ def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfi
                             dropout_site=o["lora_dropout_site"],
                             target_modules=targets if targets == "all-linear" else targets.split(","),
                             layer=o["layer"], module=o["module"], pooling=o["pooling"], max_length=o["max_length"],
-                            **dict(zip(("instruction", "suffix", "append_eos"), PROMPTS[o["prompt"]], strict=True)))
+                            **PROMPTS[o["prompt"]])
     loss = LossConfig(w_sup=o["w_sup"], w_dist=o["w_dist"], w_mcl=o["w_mcl"], parts=o["loss_parts"],
                       sup_mode=o["sup_mode"], distill_mode=o["distill_mode"], margin=o["margin"],
                       temperature=o["temperature"], margin_rule=o["margin_rule"], delta_pos=o["delta_pos"],
