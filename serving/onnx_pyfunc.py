@@ -18,8 +18,8 @@ The model folder (one artifact, ``bundle``) holds:
 
 Text is tokenized exactly as ``LoraEncoder.tokenize`` does: instruction prefix, the tokenizer's own special
 tokens, truncation so that the suffix's tokens and EOS still fit in ``max_length``, then the suffix and EOS
-appended, padding on the tokenizer's side. So the
-served vectors equal the torch ``encode`` vectors (fp32 within 1e-4).
+appended, padding on the tokenizer's side. So the served vectors equal the torch ``encode`` vectors (fp32
+within 1e-4).
 
 Input forms (a pandas DataFrame; JSON ``dataframe_split``, ``dataframe_records`` and ``inputs`` all arrive
 as one), one per request:

@@ -16,13 +16,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from components.lora_encoder import EncoderConfig, LoraEncoder
+from components.onnx_export import export_onnx
 from pipelines import export, promote, train
 from pipelines.evaluate import load_trained_encoder
-from tests.tiny_models import random_texts
+from serving.onnx_pyfunc import OnnxTextEncoder
+from tests.tiny_models import random_texts, tiny_llama, tiny_tokenizer
 
 FAST = ["--max-steps", "3", "--rank", "4", "--lora-alpha", "8", "--batch-size", "8", "--max-length", "16",
         "--precision", "fp32"]
@@ -132,13 +136,6 @@ PROMPTS = [({}, 16), ({"instruction": "alpha beta "}, 16), ({"suffix": " gamma d
 @pytest.mark.parametrize(("prompt", "max_length"), PROMPTS, ids=["plain", "instruction", "suffix", "both_no_eos"])
 def test_served_tokens_and_vectors_equal_torch(tmp_path, prompt, max_length):
     """The bundle tokenizes as LoraEncoder.tokenize does (prefix, truncated text, suffix, EOS)."""
-    import torch
-
-    from components.lora_encoder import EncoderConfig, LoraEncoder
-    from components.onnx_export import export_onnx
-    from serving.onnx_pyfunc import OnnxTextEncoder
-    from tests.tiny_models import tiny_llama, tiny_tokenizer
-
     torch.manual_seed(0)
     enc = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, alpha=8, dropout=0.0,
                                                                     max_length=max_length, **prompt)).eval()
