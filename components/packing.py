@@ -58,7 +58,8 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int = 
     lengths = [int(v) for v in real.sum(1)]
     if min(lengths, default=0) < 1:
         raise ValueError("every text needs at least one real token to be packed")
-    n_rows = max(1, math.ceil(sum(lengths) / capacity))
+    # never more rows than texts: a text longer than ``capacity`` fills a row of its own, and an empty row is waste
+    n_rows = max(1, min(len(lengths), math.ceil(sum(lengths) / capacity)))
     load = [0] * n_rows
     place: list[tuple[int, int]] = [(0, 0)] * len(lengths)  # (row, start column) of each text
     for i in sorted(range(len(lengths)), key=lambda k: -lengths[k]):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from components.lora_encoder import EncoderConfig, LoraEncoder
+from components.lora_encoder import PROMPTS, EncoderConfig, LoraEncoder
 from components.packing import pack, padded_token_index
 
 TEXTS = ["alpha beta gamma delta epsilon zeta eta theta", "iota", "kappa lambda mu", "nu xi omicron pi rho",
@@ -13,12 +13,14 @@ TEXTS = ["alpha beta gamma delta epsilon zeta eta theta", "iota", "kappa lambda 
     (8, "right", "sdpa"),
 ])
 def test_packed_forward_equals_padded(tiny_lm, capacity, padding_side, attention):
-    """Same z as the padded batch, whatever the rows, padding side or attention implementation."""
+    """Same z as the padded batch, whatever the rows, padding side or attention implementation; never more
+    computed tokens than the padded batch, fewer when several texts fit a row (plain texts: the prompt's tokens
+    would make every text longer than 8)."""
     model, tokenizer = tiny_lm
     tokenizer.padding_side = padding_side
     model.set_attn_implementation(attention)
     torch.manual_seed(0)
-    enc = LoraEncoder(model, tokenizer, EncoderConfig(rank=4, alpha=8, dropout=0.0))
+    enc = LoraEncoder(model, tokenizer, EncoderConfig(rank=4, alpha=8, dropout=0.0, **PROMPTS["none"]))
     for p in enc.trainable_parameters():
         torch.nn.init.normal_(p, std=0.2)
     batch = enc.tokenize(TEXTS)
@@ -26,6 +28,7 @@ def test_packed_forward_equals_padded(tiny_lm, capacity, padding_side, attention
     padded_tokens = enc.computed_tokens
     packed = enc(**batch, pack_capacity=capacity)
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    assert enc.computed_tokens <= padded_tokens
     if capacity >= 8:
         assert enc.computed_tokens < padded_tokens
 
