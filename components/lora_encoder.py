@@ -53,6 +53,7 @@ PROMPTS: dict[str, dict[str, str | bool]] = {
     "none": {"instruction": "", "suffix": "", "append_eos": True},
     "prompteol": {"instruction": 'This sentence : "', "suffix": '" means in one word:"', "append_eos": False},
 }
+DEFAULT_PROMPT = "prompteol"
 
 
 @dataclass
@@ -71,10 +72,11 @@ class EncoderConfig:
     module: str = "q_proj"
     pooling: str = "last"
     max_length: int = 64
-    append_eos: bool = True
-    # text = instruction + text + suffix (+ EOS); only the text is truncated. See PROMPTS.
-    instruction: str = ""
-    suffix: str = ""
+    # text = instruction + text + suffix (+ EOS); only the text is truncated. Default PromptEOL (see PROMPTS):
+    # on STS-B dev the untrained student's last token scores Spearman 0.720 with it, 0.256 without (README).
+    append_eos: bool = bool(PROMPTS[DEFAULT_PROMPT]["append_eos"])
+    instruction: str = str(PROMPTS[DEFAULT_PROMPT]["instruction"])
+    suffix: str = str(PROMPTS[DEFAULT_PROMPT]["suffix"])
     threshold: float = 0.5
     pair_prompt: str = ("Do these two texts ask for the same thing?\nText 1: {text_a}\nText 2: {text_b}\n"
                         "Answer yes or no:")

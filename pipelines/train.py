@@ -30,7 +30,7 @@ from components.augment import AugmentConfig, teacher_labelled_pairs
 from components.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
 from components.distributed import DistributedContext
-from components.lora_encoder import PROMPTS, EncoderConfig, LoraEncoder
+from components.lora_encoder import DEFAULT_PROMPT, PROMPTS, EncoderConfig, LoraEncoder
 from components.metrics import best_f1
 from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
 from components.teacher import TeacherScorer
@@ -282,7 +282,7 @@ def student_options(func):
         option("--module", default="q_proj", help="LoRA module whose A output is the representation."),
         option("--pooling", type=click.Choice(["last", "mean"]), default="last", help="Sequence pooling of z."),
         option("--max-length", type=click.IntRange(min=2), default=64, help="Student tokens per text."),
-        option("--prompt", type=click.Choice(list(PROMPTS)), default="none",
+        option("--prompt", type=click.Choice(list(PROMPTS)), default=DEFAULT_PROMPT,
                help="Representation prompt around each text: none (text + EOS) or prompteol "
                     "('This sentence : \"TEXT\" means in one word:\"', last token pooled)."),
         option("--loss-parts", default="sup,dist,mcl", callback=_parts,
