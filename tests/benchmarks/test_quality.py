@@ -232,8 +232,11 @@ def test_default_budget_and_quick_budget_fit(data_root):
     """The estimate at the real datasets' sizes and text lengths for the default counts: < 2 h (quick: < 15 min).
 
     Distinct texts per pair and estimated tokens per text are those of the real files at these counts
-    (banking77 ~1.8 texts/pair and ~16.5 tokens, MEDIQA ~1.6 and ~27, STS-B ~2.0 and ~17).
+    (banking77 ~1.8 texts/pair and ~16.5 tokens, MEDIQA ~1.6 and ~27, STS-B ~2.0 and ~17); the student reads
+    each text inside the default prompt, which adds its own tokens.
     """
+    prompt = len(quality.EncoderConfig().instruction + quality.EncoderConfig().suffix) / quality.CHARS_PER_TOKEN
+
     def plan(counts, datasets, seeds):
         return quality.Plan(datasets=datasets, variants=list(quality.VARIANTS), seeds=seeds, counts=counts,
                             data_seed=0, data_root=data_root, student="s", teacher="t", cache_dir=None,
@@ -244,8 +247,8 @@ def test_default_budget_and_quick_budget_fit(data_root):
     def sizes(c, texts_per_pair, tokens, pool=0):
         out = {s: {"pairs": c[f"max_{s}"], "texts": int(texts_per_pair * c[f"max_{s}"])} for s in
                ("train", "dev", "test")}
-        return out | {"pool_texts": pool, "tokens": {"train_student": tokens, "eval_student": tokens,
-                                                     "teacher": tokens + 1}}
+        return out | {"pool_texts": pool, "tokens": {"train_student": tokens + prompt,
+                                                     "eval_student": tokens + prompt, "teacher": tokens + 1}}
 
     full = quality.DEFAULT_COUNTS
     built = {"banking77": sizes(full, 1.8, 16.5, 8 * 416), "mediqa2019_rqe": sizes(full, 1.6, 27),
