@@ -235,7 +235,7 @@ def test_default_budget_and_quick_budget_fit(data_root):
     (banking77 ~1.8 texts/pair and ~16.6 tokens, MEDIQA ~1.54 and ~27, STS-B ~2.0 and ~16.5); the student reads
     each text inside the default prompt, which adds its own tokens.
     """
-    prompt = len(quality.EncoderConfig().instruction + quality.EncoderConfig().suffix) / quality.CHARS_PER_TOKEN
+    prompt = len(quality._wrap(quality.EncoderConfig())) / quality.CHARS_PER_TOKEN
 
     def plan(counts, datasets, seeds):
         return quality.Plan(datasets=datasets, variants=list(quality.VARIANTS), seeds=seeds, counts=counts,

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from components.lora_encoder import EncoderConfig, LoraEncoder
+from components.lora_encoder import PROMPTS, EncoderConfig, LoraEncoder
 from components.onnx_export import export_onnx
 from pipelines import export, promote, train
 from pipelines.evaluate import load_trained_encoder
@@ -129,11 +129,14 @@ def served(model_uri: str, cwd: Path):
 # ------------------------------------------------------------------------------------------ tests
 
 
-PROMPTS = [({}, 16), ({"instruction": "alpha beta "}, 16), ({"suffix": " gamma delta"}, 16),
-           ({"instruction": "alpha ", "suffix": " gamma delta", "append_eos": False}, 6)]
+PLAIN = PROMPTS["none"]  # the cases below vary the plain reading, not the PromptEOL default
+PROMPT_CASES = [(PLAIN, 16), ({**PLAIN, "instruction": "alpha beta "}, 16), ({**PLAIN, "suffix": " gamma delta"}, 16),
+           ({"instruction": "alpha ", "suffix": " gamma delta", "append_eos": False}, 6),
+           (PROMPTS["prompteol"], 24)]
 
 
-@pytest.mark.parametrize(("prompt", "max_length"), PROMPTS, ids=["plain", "instruction", "suffix", "both_no_eos"])
+@pytest.mark.parametrize(("prompt", "max_length"), PROMPT_CASES,
+                         ids=["plain", "instruction", "suffix", "both_no_eos", "prompteol"])
 def test_served_tokens_and_vectors_equal_torch(tmp_path, prompt, max_length):
     """The bundle tokenizes as LoraEncoder.tokenize does (prefix, truncated text, suffix, EOS)."""
     torch.manual_seed(0)
