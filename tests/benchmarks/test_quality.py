@@ -238,7 +238,7 @@ def test_default_budget_and_quick_budget_fit(data_root):
     prompt = len(quality._wrap(quality.EncoderConfig())) / quality.CHARS_PER_TOKEN
 
     def plan(counts, datasets, seeds):
-        return quality.Plan(datasets=datasets, variants=list(quality.VARIANTS), seeds=seeds, counts=counts,
+        return quality.Plan(datasets=datasets, variants=quality.DEFAULT_VARIANTS, seeds=seeds, counts=counts,
                             data_seed=0, data_root=data_root, student="s", teacher="t", cache_dir=None,
                             encoder=quality.EncoderConfig(), loss=quality.LossConfig(), train=quality.TrainConfig(),
                             teacher_finetune=quality.TeacherFinetuneConfig(), quick=False, out=data_root,
@@ -258,6 +258,28 @@ def test_default_budget_and_quick_budget_fit(data_root):
     quick = quality.QUICK_COUNTS
     est = quality.estimate_seconds({"mediqa2019_rqe": sizes(quick, 1.6, 27)}, plan(quick, ["mediqa2019_rqe"], [0]))
     assert est["total"] < quality.QUICK_BUDGET_SECONDS
+
+
+def test_default_selection_leaves_out_the_joint_levers():
+    assert set(quality.VARIANTS) - set(quality.DEFAULT_VARIANTS) == {"flip_joint", "flip_joint_aug"}
+    assert quality._comma_list("all", list(quality.VARIANTS), "--variants") == list(quality.VARIANTS)
+
+
+def test_cells_of_earlier_settings_are_marked():
+    def entry(settings_hash: str, **extra) -> dict:
+        return {"f1_mean": 0.6, "f1_std": 0.01, "ap_mean": 0.5, "settings_hash": settings_hash,
+                "parent_run_id": f"run-{settings_hash}", **extra}
+
+    data = {"datasets": {"banking77": {"variants": {
+        "flip_full": entry("new"), "flip_joint": entry("old", settings_brief="192/64/96 pairs, lr 0.003"),
+        "flip_joint_aug": entry("older")}}}, "settings": {"settings_hash": "new"}}
+    md = quality.render_markdown(data)
+    assert "| `flip_full` | 0.600 ± 0.010 (AP 0.500) |" in md
+    assert "| `flip_joint` | 0.600 ± 0.010 (AP 0.500) † |" in md
+    assert "| `flip_joint_aug` | 0.600 ± 0.010 (AP 0.500) ‡ |" in md
+    assert "† From an earlier run with other settings than the rest (192/64/96 pairs, lr 0.003; parent run " \
+           "`run-old`)" in md
+    assert "‡ From an earlier run with other settings than the rest (other settings; parent run `run-older`)" in md
 
 
 def test_missing_data_root_exits_2(tmp_path, capsys):
