@@ -615,7 +615,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             if entry and current and entry.get("settings_hash") != current:
                 marker, _ = earlier.setdefault(entry.get("settings_hash"), (
                     MARKERS[len(earlier)] if len(earlier) < len(MARKERS) else f"[{len(earlier) + 1}]",
-                    f"{entry.get('settings_brief') or 'other settings'}; parent run `{entry.get('parent_run_id')}`"))
+                    (f"{entry['settings_brief']}; " if entry.get("settings_brief") else "")
+                    + f"parent run `{entry.get('parent_run_id')}`"))
                 cell += f" {marker}"
             cells.append(cell)
         lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")

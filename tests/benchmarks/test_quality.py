@@ -279,7 +279,7 @@ def test_cells_of_earlier_settings_are_marked():
     assert "| `flip_joint_aug` | 0.600 ± 0.010 (AP 0.500) ‡ |" in md
     assert "† From an earlier run with other settings than the rest (192/64/96 pairs, lr 0.003; parent run " \
            "`run-old`)" in md
-    assert "‡ From an earlier run with other settings than the rest (other settings; parent run `run-older`)" in md
+    assert "‡ From an earlier run with other settings than the rest (parent run `run-older`)" in md
 
 
 def test_missing_data_root_exits_2(tmp_path, capsys):
