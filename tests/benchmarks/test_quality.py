@@ -282,6 +282,21 @@ def test_cells_of_earlier_settings_are_marked():
     assert "‡ From an earlier run with other settings than the rest (parent run `run-older`)" in md
 
 
+def test_cells_of_the_same_settings_from_another_run_are_named():
+    def entry(run: str) -> dict:
+        return {"f1_mean": 0.6, "f1_std": 0.01, "ap_mean": 0.5, "settings_hash": "h", "parent_run_id": run}
+
+    data = {"datasets": {d: {"variants": {"flip_full": entry("full"), "flip_joint": entry("joint"),
+                                          "flip_joint_aug": entry("joint")}} for d in ("banking77", "stsbenchmark")},
+            "settings": {"settings_hash": "h", "parent_run_id": "joint"}}
+    md = quality.render_markdown(data)
+    assert "†" not in md  # same settings: comparable, not marked
+    assert "- same settings, from parent run `full`: `flip_full`" in md
+    assert "from parent run `joint`" not in md  # the latest run is named in the settings lines already
+    data["datasets"]["stsbenchmark"]["variants"]["flip_full"] = entry("joint")
+    assert "from parent run `full`: `flip_full`" in quality.render_markdown(data)  # still one banking77 cell
+
+
 def test_missing_data_root_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         quality.main(["--data-root", str(tmp_path / "absent"), "--dry-run"])
