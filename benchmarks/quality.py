@@ -607,11 +607,16 @@ def render_markdown(data: dict[str, Any]) -> str:
         "|---|" + "---|" * len(datasets),
     ]
     current, earlier = s.get("settings_hash"), {}  # earlier settings' hash -> (marker, its cells' description)
+    same_settings: dict[str, list[str]] = {}  # another run at the latest settings -> its variants (not marked)
     for variant in variants:
         cells = []
         for d in datasets:
             entry = data["datasets"][d].get("variants", {}).get(variant)
             cell = _cell(entry)
+            run = (entry or {}).get("parent_run_id")
+            if entry and entry.get("settings_hash") == current and run and run != s.get("parent_run_id"):
+                if variant not in same_settings.setdefault(run, []):  # a run by name merged into the table
+                    same_settings[run].append(variant)
             if entry and current and entry.get("settings_hash") != current:
                 marker, _ = earlier.setdefault(entry.get("settings_hash"), (
                     MARKERS[len(earlier)] if len(earlier) < len(MARKERS) else f"[{len(earlier) + 1}]",
@@ -659,23 +664,9 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"; MLflow experiment `{s.get('experiment')}`, parent run `{s.get('parent_run_id')}`",
             f"- command: `{s.get('command')}`",
         ]
-        lines += _same_settings_runs(data, datasets, variants)
+        lines += [f"- same settings, from parent run `{run}`: " + ", ".join(f"`{v}`" for v in names)
+                  for run, names in same_settings.items()]
     return "\n".join(lines)
-
-
-def _same_settings_runs(data: dict[str, Any], datasets: list[str], variants: list[str]) -> list[str]:
-    """Unmarked cells from other runs at the latest settings (a run by name merges into the table): say which."""
-    s = data.get("settings", {})
-    others: dict[str, list[str]] = {}
-    for variant in variants:
-        for d in datasets:
-            entry = data["datasets"][d].get("variants", {}).get(variant) or {}
-            run = entry.get("parent_run_id")
-            if entry.get("settings_hash") == s.get("settings_hash") and run and run != s.get("parent_run_id"):
-                if variant not in others.setdefault(run, []):
-                    others[run].append(variant)
-    return [f"- same settings, from parent run `{run}`: " + ", ".join(f"`{v}`" for v in names)
-            for run, names in others.items()]
 
 
 # ----------------------------------------------------------------------------------------------- main
