@@ -40,6 +40,7 @@ from components.checksums import CHECKSUM_FILE, verify_checksums, write_checksum
 from components.lora_dropout import DROPOUT_SITES, install_lora_dropout, masks_by_token
 from components.packing import pack, padded_token_index
 from components.pooling import POOLING_MODES, pool_normalized
+from components.prefix_cache import FrozenPrefix, PrefixStore
 
 ENCODER_FILE = "flipkd_encoder.json"
 ADAPTER_NAME = "default"
@@ -68,6 +69,9 @@ class EncoderConfig:
     # "bottleneck": the mask is applied to A x (rank wide) instead.
     dropout_site: str = "input"
     target_modules: str | list[str] = "all-linear"
+    # LoRA only in the top ``lora_layers`` blocks ending at the representation block (0: every block, METHOD.md's
+    # reading). The blocks below are then frozen and their output is cached per text (components.prefix_cache).
+    lora_layers: int = 0
     layer: int = -1
     module: str = "q_proj"
     pooling: str = "last"
@@ -97,6 +101,8 @@ class EncoderConfig:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.lora_layers < 0:
+            raise ValueError(f"lora_layers must be >= 0 (0: every block), got {self.lora_layers}")
         self.label_words = tuple(self.label_words)
         if "{text_a}" not in self.pair_prompt or "{text_b}" not in self.pair_prompt:
             raise ValueError("pair_prompt must contain {text_a} and {text_b}")
@@ -124,6 +130,12 @@ def _lora_modules(model: nn.Module, module: str) -> dict[int, nn.Module]:
     return found
 
 
+def _block_linear_names(model: nn.Module) -> list[str]:
+    """Names of the linear modules inside the transformer blocks (what "all-linear" wraps there)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, sub in model.named_modules()
+                   if isinstance(sub, nn.Linear) and _LAYER_PATTERN.search(name)})
+
+
 def _num_layers(model: nn.Module) -> int:
     return int(model.config.num_hidden_layers)
 
@@ -144,16 +156,23 @@ class LoraEncoder(nn.Module):
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        if peft_model is None:
-            lora = LoraConfig(r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout,
-                              target_modules=self.config.target_modules, bias="none", task_type="CAUSAL_LM")
-            peft_model = get_peft_model(model, lora)
-        self.model = peft_model
-        n_layers = _num_layers(self.model.get_base_model())
+        base = peft_model.get_base_model() if peft_model is not None else model
+        n_layers = _num_layers(base)
         layer = self.config.layer if self.config.layer >= 0 else n_layers + self.config.layer
         if not 0 <= layer < n_layers:
             raise ValueError(f"layer {self.config.layer} is out of range: the model has {n_layers} layers "
                              f"(use 0..{n_layers - 1}, or -1 for the last)")
+        # the first block with LoRA; the blocks below it are frozen (a cacheable prefix) when it is > 0
+        self.prefix_start = max(0, layer + 1 - self.config.lora_layers) if self.config.lora_layers else 0
+        if peft_model is None:
+            targets, blocks = self.config.target_modules, None
+            if self.prefix_start:  # PEFT takes a block list only with named targets
+                blocks = list(range(self.prefix_start, layer + 1))
+                targets = _block_linear_names(base) if targets == "all-linear" else targets
+            lora = LoraConfig(r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout,
+                              target_modules=targets, bias="none", task_type="CAUSAL_LM", layers_to_transform=blocks)
+            peft_model = get_peft_model(model, lora)
+        self.model = peft_model
         modules = _lora_modules(self.model, self.config.module)
         if layer not in modules:
             raise ValueError(f"no LoRA module {self.config.module!r} in layer {layer}; LoRA targets "
@@ -167,6 +186,9 @@ class LoraEncoder(nn.Module):
         self._target.lora_A[ADAPTER_NAME].register_forward_hook(lambda m, i, o: self._capture(m, i, o))
         # after the capture hook: at the bottleneck site z itself is never dropped out
         install_lora_dropout(self.model, self.config.dropout_site, ADAPTER_NAME)
+        # memory only until a pipeline attaches a disk store (use_prefix_store)
+        self.prefix = (FrozenPrefix(self.model, self.prefix_start, PrefixStore(None, "memory"))
+                       if self.prefix_start else None)
 
     # ----------------------------------------------------------------- representation
     def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -201,13 +223,29 @@ class LoraEncoder(nn.Module):
             mask[i, span] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pack_capacity: int = 0) -> torch.Tensor:
+    def use_prefix_store(self, store: PrefixStore) -> None:
+        """Keep the frozen prefix's states in ``store`` (e.g. on disk, shared across runs)."""
+        if self.prefix is None:
+            raise ValueError("this encoder has LoRA in every block (lora_layers 0): there is no frozen prefix")
+        self.prefix.store = store
+
+    def fill_prefix(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> None:
+        """Compute (or find) and store the frozen prefix's states of ``texts``; nothing to do without a prefix."""
+        if self.prefix is None:
+            return
+        unique = sorted(set(texts), key=len)
+        batches = (self.tokenize(unique[i:i + batch_size]) for i in range(0, len(unique), batch_size))
+        self.prefix.fill(batches, len(unique), show_progress)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pack_capacity: int = 0,
+                use_prefix: bool = True) -> torch.Tensor:
         """z [N, r], L2-normalised; differentiable. Runs the model only up to the representation module.
 
         ``pack_capacity > 0``: the texts are packed into rows of about that many tokens
         (:mod:`components.packing`) instead of padded; same z, less padding computed. In training, LoRA
         dropout masks are drawn per real token, so padded and packed layouts train the same model
-        (:func:`components.lora_dropout.masks_by_token`).
+        (:func:`components.lora_dropout.masks_by_token`). With a frozen prefix (``lora_layers``) and
+        ``use_prefix``, only the blocks from the first tuned one run, from the prefix's cached states.
         """
         self._captured = None
         packed = None
@@ -219,12 +257,23 @@ class LoraEncoder(nn.Module):
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
                       "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp_min(0)}
         self.computed_tokens = inputs["input_ids"].numel()
+        top_only = contextlib.nullcontext()
+        if self.prefix is not None and use_prefix:
+            states = self.prefix.states(input_ids, attention_mask)  # real tokens, the padded batch's order
+            layout = inputs.pop("input_ids")
+            embeds = states.new_zeros((*layout.shape, states.shape[-1]))
+            if packed is not None:
+                embeds[packed.rows, packed.cols] = states
+            else:
+                embeds[attention_mask.bool()] = states
+            inputs["inputs_embeds"] = embeds
+            top_only = self.prefix.top_only()
         masks = contextlib.nullcontext()
         if self.training and self.config.dropout > 0:  # no masks to draw at inference
             token_index = packed.token_index() if packed is not None else padded_token_index(attention_mask)
             masks = masks_by_token(token_index, int(attention_mask.sum()))
         try:
-            with masks:
+            with masks, top_only:
                 self.model(**inputs, use_cache=False)
         except _StopForward:
             pass

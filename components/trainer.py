@@ -9,8 +9,10 @@ warmup over ``warmup_ratio`` of the steps then linear decay, and gradient clippi
 Batches are length-bucketed (pairs of similar length share a batch) and their texts packed into rows
 (:mod:`components.packing`), so little padding is computed; batch order is still random. Training runs
 inside :func:`fast_training_path` (eager attention, norm outputs cast once under autocast).
-``naive=True`` turns the speed choices off (full-length padding, no packing, full-depth forward, fp32, the
-model's own attention kernel) but keeps the same batches, so its results match the default loop's and the
+With LoRA in the top blocks only (``EncoderConfig.lora_layers``), each step runs those blocks from the frozen
+prefix's cached states (:mod:`components.prefix_cache`). ``naive=True`` turns the speed choices off (full-length
+padding, no packing, no prefix cache, full-depth forward, fp32, the model's own attention kernel) but keeps the
+same batches, so its results match the default loop's and the
 throughput benchmark can show the ratio alone.
 """
 
@@ -374,7 +376,8 @@ class Trainer:
         self.encoder._stop_early = not self.config.naive
         label_logprobs = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            z = self._forward(**batch, pack_capacity=0 if self.config.naive else self.config.pack_capacity)
+            z = self._forward(**batch, pack_capacity=0 if self.config.naive else self.config.pack_capacity,
+                              use_prefix=not self.config.naive)
             gold = index if p.labelled is None else [i for i in index if p.labelled[i]]
             if self.loss.config.sup_mode == "generative" and gold:  # L_sup through the decoder path
                 label_logprobs = self.encoder.label_logprobs(**self.encoder.tokenize_pairs(

@@ -34,3 +34,22 @@ def common_options(func: Callable) -> Callable:
     ]):
         func = opt(func)
     return func
+
+
+class BlockCount(click.ParamType):
+    """A number of transformer blocks, or ``all`` (returned as 0)."""
+
+    name = "K|all"
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "all":
+            return 0
+        try:
+            count = int(value)
+        except ValueError:
+            self.fail(f"a number of blocks >= 1 or 'all', got {value!r}", param, ctx)
+        if count < 1:
+            self.fail(f"a number of blocks >= 1 or 'all', got {value!r}", param, ctx)
+        return count

@@ -33,18 +33,20 @@ from components.distributed import DistributedContext
 from components.lora_encoder import DEFAULT_PROMPT, PROMPTS, EncoderConfig, LoraEncoder
 from components.metrics import best_f1
 from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
+from components.prefix_cache import disk_store
 from components.teacher import TeacherScorer
 from components.teacher_signal import TeacherSignal
 from components.trainer import PRECISIONS, TrainConfig, Trainer, TrainingPairs
 from pipelines import _mlflow
 from pipelines._data import data_fingerprint, data_options, load_splits, log_splits, with_data_args
 from pipelines._evaluation import evaluate_scores, log_pr_curves
-from pipelines._options import POSITIVE, common_options, option
+from pipelines._options import POSITIVE, BlockCount, common_options, option
 from pipelines.score import filter_options, score_and_filter, teacher_options
 
 ADAPTER_ARTIFACT = "student"
+DEFAULT_PREFIX_CACHE_GB = 10.0
 # options that do not change the result: a resume may give other values
-NOT_FINGERPRINTED = ("experiment", "progress", "cache_dir", "checkpoint_every", "resume")
+NOT_FINGERPRINTED = ("experiment", "progress", "cache_dir", "checkpoint_every", "resume", "prefix_cache_gb")
 
 
 def _parts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -129,7 +131,8 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
                   encoder_config: EncoderConfig, loss_config: LossConfig, train_config: TrainConfig,
                   filter_scope: str, no_filter: bool, teacher_batch_size: int = 64, teacher_max_length: int = 128,
                   progress: bool = True, log: bool = True, checkpointing: Checkpointing | None = None,
-                  augment: AugmentConfig | None = None, distributed: DistributedContext | None = None) -> StudentRun:
+                  augment: AugmentConfig | None = None, distributed: DistributedContext | None = None,
+                  prefix_cache_gb: float = DEFAULT_PREFIX_CACHE_GB) -> StudentRun:
     """Teacher signal -> noise filter -> student training -> evaluation; logs to the active MLflow run.
 
     With ``checkpointing``, the trainer state is saved every ``train_config.checkpoint_every`` steps, and
@@ -172,9 +175,13 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
             mlflow.log_metrics({f"filter_{k}": v for k, v in extra_report.items()})
             _mlflow.log_json(extra_report, "noise_filter_extra_pairs.json")
 
-    model, tokenizer = load_student(resolve_student(student, cache_dir))
+    student_path = resolve_student(student, cache_dir)
+    model, tokenizer = load_student(student_path)
     encoder_config.extra = {**encoder_config.extra, "student": student, "teacher": str(teacher)}
     encoder = LoraEncoder(model, tokenizer, encoder_config)
+    if encoder.prefix is not None:
+        fill_prefix_cache(encoder, student_path, splits, pairs, cache_dir, prefix_cache_gb, progress,
+                          log and resume is None, distributed)
     loss = FlipKDLoss(loss_config)
     logged = checkpointing.logged_step if checkpointing else 0
 
@@ -228,6 +235,30 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     return StudentRun(encoder, signal, metrics, float(threshold))
 
 
+def fill_prefix_cache(encoder: LoraEncoder, student_path: Path, splits: dict[str, pd.DataFrame],
+                      pairs: TrainingPairs, cache_dir: str | None, gigabytes: float, progress: bool, log: bool,
+                      distributed: DistributedContext | None) -> None:
+    """The frozen prefix's states of every text the run reads, in the shared on-disk cache (``gigabytes`` 0: memory
+    only). Under torchrun each rank fills its shard of the texts, like the teacher embedding cache."""
+    started = time.perf_counter()
+    if gigabytes > 0:
+        encoder.use_prefix_store(disk_store(cache_root(cache_dir), student_path, encoder.prefix_start,
+                                            int(gigabytes * 1024**3)))
+    texts = sorted({*pairs.text_a, *pairs.text_b, *(t for name, frame in splits.items() if name != "train"
+                                                     for col in ("text_a", "text_b") for t in frame[col])})
+    store = encoder.prefix.store
+    if distributed is not None and distributed.enabled and gigabytes > 0:
+        encoder.fill_prefix(distributed.shard(texts))
+        distributed.barrier()
+        store.refresh()
+    encoder.fill_prefix(texts, show_progress=progress)
+    if log:
+        mlflow.log_metrics({"prefix_cache_texts": len(texts), "prefix_cache_computed": encoder.prefix.computed_texts,
+                            "prefix_cache_seconds": time.perf_counter() - started,
+                            "prefix_cache_memory_mb": store.memory_bytes / 1e6})
+        mlflow.set_tag("flipkd.prefix_cache", str(store.folder or "memory only"))
+
+
 def dev_f1_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], sup_mode: str, log: bool,
                     logged: int = 0):
     """Dev F1 (at the threshold best on dev) in the scoring the run is trained for: early stopping's measure."""
@@ -252,7 +283,7 @@ def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfi
                             dropout_site=o["lora_dropout_site"],
                             target_modules=targets if targets == "all-linear" else targets.split(","),
                             layer=o["layer"], module=o["module"], pooling=o["pooling"], max_length=o["max_length"],
-                            **PROMPTS[o["prompt"]])
+                            lora_layers=o["lora_layers"], **PROMPTS[o["prompt"]])
     loss = LossConfig(w_sup=o["w_sup"], w_dist=o["w_dist"], w_mcl=o["w_mcl"], parts=o["loss_parts"],
                       sup_mode=o["sup_mode"], distill_mode=o["distill_mode"], margin=o["margin"],
                       temperature=o["temperature"], margin_rule=o["margin_rule"], delta_pos=o["delta_pos"],
@@ -278,6 +309,12 @@ def student_options(func):
         option("--lora-dropout-site", type=click.Choice(["input", "bottleneck"]), default="input",
                help="Where the LoRA dropout mask goes: on each module's input (PEFT) or on A x (rank wide, cheaper)."),
         option("--target-modules", default="all-linear", help="LoRA targets: 'all-linear' or a comma list."),
+        option("--lora-layers", type=BlockCount(), default="all",
+               help="LoRA in the top K blocks ending at the representation block, or 'all' (METHOD.md). With K, the "
+                    "blocks below are frozen and computed once per text (the prefix cache): each step runs K blocks."),
+        option("--prefix-cache-gb", type=click.FloatRange(min=0), default=DEFAULT_PREFIX_CACHE_GB,
+               help="Disk bound of the prefix cache (<cache folder>/prefix_states, shared by runs on the same "
+                    "student and K); 0 keeps the states in memory for this run only."),
         option("--layer", type=int, default=-1, help="Representation layer index (-1: the last block)."),
         option("--module", default="q_proj", help="LoRA module whose A output is the representation."),
         option("--pooling", type=click.Choice(["last", "mean"]), default="last", help="Sequence pooling of z."),
@@ -420,7 +457,7 @@ def _train_worker(data_args, o: dict, distributed: DistributedContext) -> dict:
                       encoder_config=encoder_config, loss_config=loss_config, train_config=train_config,
                       filter_scope=o["filter_scope"], no_filter=o["no_filter"],
                       teacher_batch_size=o["teacher_batch_size"], teacher_max_length=o["teacher_max_length"],
-                      progress=False, log=False, distributed=distributed,
+                      progress=False, log=False, distributed=distributed, prefix_cache_gb=o["prefix_cache_gb"],
                       augment=AugmentConfig(o["extra_pairs_per_pair"], o["extra_neighbour_share"],
                                             o["extra_positive_threshold"], o["seed"]))
     return {"rank": distributed.rank}
@@ -460,6 +497,7 @@ def _train_main(data_args, o: dict, distributed: DistributedContext) -> dict:
                                    teacher_batch_size=o["teacher_batch_size"],
                                    teacher_max_length=o["teacher_max_length"], progress=o["progress"],
                                    checkpointing=checkpoints, distributed=distributed,
+                                   prefix_cache_gb=o["prefix_cache_gb"],
                                    augment=AugmentConfig(o["extra_pairs_per_pair"], o["extra_neighbour_share"],
                                                          o["extra_positive_threshold"], o["seed"]))
         m = result.metrics

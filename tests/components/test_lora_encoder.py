@@ -33,6 +33,7 @@ ENCODER_CASES = [
     ("mean_pooling", {"pooling": "mean"}),
     ("middle_layer_k_proj", {"layer": 1, "module": "k_proj"}),
     ("first_layer_v_proj", {"layer": 0, "module": "v_proj"}),
+    ("lora_in_top_two_blocks", {"lora_layers": 2}),
 ]
 
 

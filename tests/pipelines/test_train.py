@@ -146,3 +146,27 @@ def test_patience_without_eval_every_is_exit_2(mlflow_env, tiny_model_args):
     result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--patience", "2"])
     assert result.exit_code == 2, result.output
     assert "patience needs eval_every" in result.output
+
+
+def test_lora_in_the_top_blocks_fills_the_prefix_cache_once(mlflow_env, tiny_model_args, tmp_path):
+    runner = CliRunner()
+    first = runner.invoke(train.cli, tiny_model_args + FAST + ["--lora-layers", "1"])
+    assert first.exit_code == 0, first.output
+    shards = list((tmp_path / "cache" / "prefix_states").rglob("shard-*.safetensors"))
+    assert shards, "the prefix states were not written to the cache folder"
+    second = runner.invoke(train.cli, tiny_model_args + FAST + ["--lora-layers", "1", "--seed", "1"])
+    assert second.exit_code == 0, second.output
+    first_run, second_run = (mlflow_env.get_run(r) for r in reversed(run_ids(mlflow_env)))
+    # texts that tokenize alike (truncated, or unknown words to the tiny vocabulary) share one entry
+    assert 0 < first_run.data.metrics["prefix_cache_computed"] <= first_run.data.metrics["prefix_cache_texts"]
+    assert second_run.data.metrics["prefix_cache_computed"] == 0  # every state read back from disk
+    assert second_run.data.params["encoder.lora_layers"] == "1"
+    adapter = json.loads(Path(mlflow_env.download_artifacts(second_run.info.run_id, "student/adapter_config.json"))
+                         .read_text())
+    assert adapter["layers_to_transform"] == [2]  # the tiny student has 3 blocks: LoRA in the top one only
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "some"])
+def test_lora_layers_must_be_a_count_or_all(mlflow_env, tiny_model_args, value):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--lora-layers", value])
+    assert result.exit_code == 2 and "a number of blocks >= 1 or 'all'" in result.output
