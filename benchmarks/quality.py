@@ -475,7 +475,8 @@ def run_cell(dataset: str, splits: dict, variant: Variant, seed: int, plan: Plan
             metrics = run_trained(splits, variant, seed, teacher_dir, plan)
         record.update({
             "f1": _finite(metrics["test_f1"]), "average_precision": _finite(metrics["test_average_precision"]),
-            "dev_f1": _finite(metrics["dev_f1"]), "threshold": _finite(metrics.get("dev_threshold")),
+            "dev_f1": _finite(metrics["dev_f1"]), "dev_ap": _finite(metrics.get("dev_average_precision")),
+            "threshold": _finite(metrics.get("dev_threshold")),
             "precision": _finite(metrics.get("test_precision")), "recall": _finite(metrics.get("test_recall")),
             "roc_auc": _finite(metrics.get("test_roc_auc")),
         })
@@ -511,6 +512,7 @@ def summarise(records: list[dict[str, Any]], variant: Variant, plan: Plan, paren
 
     entry: dict[str, Any] = {"kind": variant.kind, "description": variant.description}
     for key, name in (("f1", "f1"), ("average_precision", "ap"), ("spearman", "spearman"), ("dev_f1", "dev_f1"),
+                      ("dev_ap", "dev_ap"),
                       ("train_seconds", "train_seconds"), ("train_pairs_per_s", "train_pairs_per_s"),
                       ("filter_fraction_dropped", "filter_fraction_dropped"),
                       ("filter_fraction_flagged", "filter_fraction_flagged"),
