@@ -272,8 +272,9 @@ def cpu_flags() -> list[str]:
 def render_loop(r: dict) -> list[str]:
     steps, peak = r["steps"], r["matmul_peak_gflops"]
     return [
-        f"Command: `{r.get('loop_command', 'python -m benchmarks.throughput')}` (packaged SmolLM2-135M student, default config, demo train split, {steps} "
-        f"steps per loop, {r['threads']} threads, precision {r['precision']}).",
+        f"Command: `{r.get('loop_command', 'python -m benchmarks.throughput')}` (packaged SmolLM2-135M student, "
+        f"default config, demo train split, {steps} steps per loop, {r['threads']} threads, precision "
+        f"{r['precision']}).",
         "",
         "| figure | value |", "|---|---|",
         f"| matmul peak, GFLOP/s | {', '.join(f'{k} {v:.0f}' for k, v in peak.items())} |",

@@ -36,6 +36,7 @@ from components.distributed import DistributedContext
 from components.lora_encoder import LoraEncoder
 
 PRECISIONS = ("auto", "fp32", "bf16")
+CLIP_MODES = ("value", "norm")
 
 
 @dataclass
@@ -46,7 +47,11 @@ class TrainConfig:
     scalar_learning_rate: float = 1e-2
     weight_decay: float = 0.1
     warmup_ratio: float = 0.05
+    # METHOD.md clips by value to [-1, 1]; "norm" rescales the whole gradient to at most clip_value instead
+    clip_mode: str = "value"
     clip_value: float = 1.0
+    # the teacher-driven parts (L_dist, L_MCL) ramp in linearly over this share of the steps (0: full from step 1)
+    teacher_warmup_ratio: float = 0.0
     batch_size: int = 16
     epochs: float = 1.0
     max_steps: int = 0
@@ -80,6 +85,10 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.clip_value <= 0:
             raise ValueError(f"clip_value must be > 0, got {self.clip_value}")
+        if self.clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
+        if not 0 <= self.teacher_warmup_ratio <= 1:
+            raise ValueError(f"teacher_warmup_ratio must be in [0, 1], got {self.teacher_warmup_ratio}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: off), got {self.checkpoint_every}")
         if self.eval_every < 0 or self.patience < 0:
@@ -390,12 +399,16 @@ class Trainer:
         else:
             z_a, z_b = z[: len(index)], z[len(index):]
         labelled = None if p.labelled is None else torch.as_tensor(p.labelled[index], dtype=torch.bool)
-        parts = self.loss(z_a, z_b, teacher, labels, keep, label_logprobs=label_logprobs, labelled=labelled)
+        parts = self.loss(z_a, z_b, teacher, labels, keep, label_logprobs=label_logprobs, labelled=labelled,
+                          teacher_weight=self.teacher_weight())
         self.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         params = [q for group in self.optimizer.param_groups for q in group["params"]]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
-        torch.nn.utils.clip_grad_value_(params, self.config.clip_value)
+        if self.config.clip_mode == "norm":
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.clip_value))
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
+            torch.nn.utils.clip_grad_value_(params, self.config.clip_value)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -408,6 +421,11 @@ class Trainer:
                     "tokens": float(batch["attention_mask"].sum()),
                     "padded_tokens": float(self.encoder.computed_tokens)})
         return out
+
+    def teacher_weight(self) -> float:
+        """Factor of the teacher-driven loss weights at this step: a linear ramp over ``teacher_warmup_ratio``."""
+        ramp = self.config.teacher_warmup_ratio * self.total_steps
+        return 1.0 if ramp <= 0 else min(1.0, (self.step + 1) / ramp)
 
     def train(self, until_step: int | None = None) -> dict[str, float]:
         """Run to ``total_steps`` (or ``until_step``); returns the last step's metrics plus totals."""

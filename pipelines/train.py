@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,18 +26,20 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from tqdm.auto import tqdm
 
 from components.augment import AugmentConfig, teacher_labelled_pairs
 from components.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
 from components.distributed import DistributedContext
+from components.divergence_guard import DivergenceGuard, collapse
 from components.lora_encoder import DEFAULT_PROMPT, PROMPTS, EncoderConfig, LoraEncoder
-from components.metrics import best_f1
+from components.metrics import best_f1, best_f1_threshold
 from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
 from components.prefix_cache import disk_store
 from components.teacher import TeacherScorer
 from components.teacher_signal import TeacherSignal
-from components.trainer import PRECISIONS, TrainConfig, Trainer, TrainingPairs
+from components.trainer import CLIP_MODES, PRECISIONS, TrainConfig, Trainer, TrainingPairs
 from pipelines import _mlflow
 from pipelines._data import data_fingerprint, data_options, load_splits, log_splits, with_data_args
 from pipelines._evaluation import evaluate_scores, log_pr_curves
@@ -185,16 +188,23 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     loss = FlipKDLoss(loss_config)
     logged = checkpointing.logged_step if checkpointing else 0
 
+    guard = DivergenceGuard()
+
     def on_step(step: int, metrics: dict[str, float]) -> None:
+        said = guard.observe(step, metrics)
+        for message in said:
+            tqdm.write(f"warning: {message}", file=sys.stderr)
         if step > logged:
-            mlflow.log_metrics(metrics, step=step)
+            mlflow.log_metrics({**metrics, "guard/warnings": float(len(guard.warnings))}, step=step)
+            if said:
+                mlflow.set_tag("flipkd.guard", "; ".join(m for _, m in guard.warnings[-3:]))
 
     def on_checkpoint(step: int) -> None:
         save_checkpoint(checkpointing.folder, trainer.state_dict(), checkpointing.config)
 
     trainer = Trainer(encoder, loss, pairs, train_config, on_step=on_step if log else None, show_progress=progress,
                       on_checkpoint=on_checkpoint if checkpointing else None, distributed=distributed,
-                      evaluate=dev_f1_callback(encoder, splits, loss_config.sup_mode, log, logged)
+                      evaluate=dev_f1_callback(encoder, splits, loss_config.sup_mode, log, logged, guard)
                       if train_config.eval_every else None)
     if resume is not None:
         trainer.load_state_dict(resume.state)
@@ -219,6 +229,16 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     metrics.update({f"teacher_{k}": v for k, v in evaluate_scores("teacher", teacher_scores, splits, log=log).items()})
     threshold = metrics.get("dev_threshold", metrics.get("test_threshold", 0.5))
     encoder.config.threshold = float(threshold)
+    chosen_on = "dev" if "dev" in student_scores else next(iter(student_scores), None)
+    collapsed = collapse(student_scores[chosen_on], threshold) if chosen_on else None
+    if collapsed:
+        guard.warnings.append((trainer.step, f"after training, {chosen_on} scores collapsed: {collapsed}"))
+        tqdm.write(f"warning: {guard.warnings[-1][1]}", file=sys.stderr)
+    if log:
+        mlflow.log_metric("guard_warnings", float(len(guard.warnings)))
+        if guard.warnings:
+            mlflow.set_tag("flipkd.guard", "; ".join(f"step {step}: {m}" if not m.startswith("step") else m
+                                                     for step, m in guard.warnings[-3:]))
     if loss_config.sup_mode == "generative":  # the decoder path was trained: report joint scoring too
         joint = {name: encoder.joint_scores(list(f["text_a"]), list(f["text_b"]), show_progress=progress).numpy()
                  for name, f in eval_splits.items()}
@@ -260,16 +280,22 @@ def fill_prefix_cache(encoder: LoraEncoder, student_path: Path, splits: dict[str
 
 
 def dev_f1_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], sup_mode: str, log: bool,
-                    logged: int = 0):
+                    logged: int = 0, guard: DivergenceGuard | None = None):
     """Dev F1 (at the threshold best on dev) in the scoring the run is trained for: early stopping's measure."""
     if "dev" not in splits:
         raise click.UsageError("--eval-every needs a dev split (give --dev, or --data to split)")
     dev = splits["dev"]
     text_a, text_b, labels = list(dev["text_a"]), list(dev["text_b"]), dev["match"].to_numpy()
     score = encoder.joint_scores if sup_mode == "generative" else encoder.score_pairs
+    guard = guard or DivergenceGuard()
 
     def evaluate(step: int) -> float:
-        f1 = best_f1(score(text_a, text_b).numpy(), labels)
+        scores = score(text_a, text_b).numpy()
+        f1 = best_f1(scores, labels)
+        collapsed = collapse(scores, best_f1_threshold(scores, labels))
+        if collapsed:
+            guard.warnings.append((step, f"step {step}: dev scores collapsed: {collapsed}"))
+            tqdm.write(f"warning: {guard.warnings[-1][1]}", file=sys.stderr)
         if log and step > logged:  # a resumed run has logged the steps before its checkpoint
             mlflow.log_metric("early_stopping/dev_f1", f1, step=step)
         return f1
@@ -290,7 +316,8 @@ def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfi
                       delta_neg=o["delta_neg"], distill_temperature=o["distill_temperature"],
                       distill_teacher_temperature=o["distill_teacher_temperature"])
     train = TrainConfig(learning_rate=o["learning_rate"], weight_decay=o["weight_decay"],
-                        warmup_ratio=o["warmup_ratio"], clip_value=o["clip_value"], batch_size=o["batch_size"],
+                        warmup_ratio=o["warmup_ratio"], clip_value=o["clip_value"], clip_mode=o["clip_mode"],
+                        teacher_warmup_ratio=o["teacher_warmup_ratio"], batch_size=o["batch_size"],
                         epochs=o["epochs"],
                         max_steps=o["max_steps"], seed=o["seed"], precision=o["precision"], naive=o["naive"],
                         scalar_learning_rate=o["scalar_learning_rate"], checkpoint_every=o.get("checkpoint_every", 0),
@@ -341,7 +368,11 @@ def student_options(func):
         option("--scalar-learning-rate", type=POSITIVE, default=1e-2, help="Learning rate of L_sup's scale and bias."),
         option("--weight-decay", type=click.FloatRange(min=0), default=0.1, help="AdamW weight decay."),
         option("--warmup-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.05, help="Warmup share."),
-        option("--clip-value", type=POSITIVE, default=1.0, help="Gradient clipping by value to [-c, c]."),
+        option("--clip-mode", type=click.Choice(CLIP_MODES), default=TrainConfig.clip_mode,
+               help="Gradient clipping by value to [-c, c] (METHOD.md) or by global norm to at most c."),
+        option("--clip-value", type=POSITIVE, default=TrainConfig.clip_value, help="The clipping bound c."),
+        option("--teacher-warmup-ratio", type=click.FloatRange(0, 1), default=TrainConfig.teacher_warmup_ratio,
+               help="Ramp the teacher-driven weights (w_dist, w_mcl) in linearly over this share of the steps."),
         option("--batch-size", type=click.IntRange(min=1), default=16, help="Pairs per step."),
         option("--epochs", type=POSITIVE, default=3.0, help="Passes over the training pairs."),
         option("--max-steps", type=click.IntRange(min=0), default=0, help="Stop after this many steps (0: epochs)."),

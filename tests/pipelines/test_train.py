@@ -35,6 +35,8 @@ def test_train_logs_everything_a_run_needs(mlflow_env, tiny_model_args):
     for key in ("f1", "precision", "recall", "accuracy", "roc_auc", "average_precision", "threshold"):
         assert f"student/dev_{key}" in metrics and f"student/test_{key}" in metrics
     assert "filter_fraction_dropped" in metrics and "teacher_cache_misses" in metrics
+    assert "guard_warnings" in metrics and [m.step for m in mlflow_env.get_metric_history(run_id, "guard/warnings")] \
+        == [1, 2, 3]
     # tags for reproducibility
     tags = run.data.tags
     assert len(tags["flipkd.data_fingerprint"]) == 16
