@@ -200,6 +200,16 @@ def test_mediqa_reads_the_xml_as_given(data_root):
         small["train"])
 
 
+def test_mediqa_dev_grows_from_whole_training_groups(data_root):
+    plain = build_mediqa2019_rqe(data_root)
+    grown = build_mediqa2019_rqe(data_root, dev_from_train=4)
+    _no_text_crosses(grown)
+    moved = len(grown["dev"]) - len(plain["dev"])
+    assert moved >= 4 and len(grown["train"]) + moved == len(plain["train"])  # no training pair dropped
+    assert set(plain["dev"]["pair_id"]) < set(grown["dev"]["pair_id"])  # the validation file stays whole
+    assert build_mediqa2019_rqe(data_root, dev_from_train=4)["dev"].equals(grown["dev"])  # deterministic
+
+
 def test_sts_match_at_four_graded_labels_and_tab_split(data_root):
     splits = build_stsbenchmark(data_root)
     _canonical(splits, graded=True)
