@@ -353,21 +353,26 @@ def _duration(seconds: float) -> str:
 # ----------------------------------------------------------------------------------------------- runs
 
 
-def _teacher_scorer(path: str | Path, plan: Plan):
+def teacher_scorer(path: str | Path, cache_dir: str | None, progress: bool = False):
     from components.teacher import TeacherScorer
 
-    return TeacherScorer(path, cache=cache_root(plan.cache_dir) / "teacher_embeddings", show_progress=plan.progress)
+    return TeacherScorer(path, cache=cache_root(cache_dir) / "teacher_embeddings", show_progress=progress)
 
 
-def finetuned_teacher(dataset: str, splits: dict, plan: Plan) -> tuple[Path, dict[str, Any]]:
+def _teacher_scorer(path: str | Path, plan: Plan):
+    return teacher_scorer(path, plan.cache_dir, plan.progress)
+
+
+def finetune_cached(dataset: str, splits: dict, teacher: str, config: TeacherFinetuneConfig, cache_dir: str | None,
+                    progress: bool = False) -> tuple[Path, dict[str, Any]]:
     """The teacher fine-tuned on this train split: cached by (base teacher, train data, config); reused if there."""
     from components.teacher_finetune import finetune_teacher
 
-    base = resolve_teacher(plan.teacher)
-    config = dataclasses.replace(plan.teacher_finetune)
+    base = resolve_teacher(teacher)
+    config = dataclasses.replace(config)
     key = hashlib.sha256(json.dumps([model_fingerprint(base), fingerprint(splits["train"]),
                                      dataclasses.asdict(config)], sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_root(plan.cache_dir) / "benchmark_teachers" / f"{dataset}-{key}"
+    folder = cache_root(cache_dir) / "benchmark_teachers" / f"{dataset}-{key}"
     info_file = folder.with_name(folder.name + ".json")
     if folder.is_dir() and info_file.is_file():
         info = json.loads(info_file.read_text(encoding="utf-8"))
@@ -375,13 +380,17 @@ def finetuned_teacher(dataset: str, splits: dict, plan: Plan) -> tuple[Path, dic
         return folder, {**info, "reused": True}
     click.echo(f"[{dataset}] fine-tuning the teacher on {len(splits['train'])} train pairs ...")
     started = time.perf_counter()
-    finetune_teacher(base, splits["train"], folder, config, show_progress=plan.progress, overwrite=True,
+    finetune_teacher(base, splits["train"], folder, config, show_progress=progress, overwrite=True,
                      log_fn=lambda step, m: mlflow.log_metrics({f"{dataset}/teacher_finetune/{k}": v
                                                                 for k, v in m.items()}, step=step))
     info = {"finetune_seconds": time.perf_counter() - started, "train_pairs": len(splits["train"]),
-            "config": dataclasses.asdict(config), "base": str(plan.teacher), "folder": str(folder)}
+            "config": dataclasses.asdict(config), "base": str(teacher), "folder": str(folder)}
     info_file.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return folder, {**info, "reused": False}
+
+
+def finetuned_teacher(dataset: str, splits: dict, plan: Plan) -> tuple[Path, dict[str, Any]]:
+    return finetune_cached(dataset, splits, plan.teacher, plan.teacher_finetune, plan.cache_dir, plan.progress)
 
 
 def run_teacher(splits: dict, teacher: str | Path, model_name: str, plan: Plan) -> dict[str, float]:
