@@ -43,6 +43,8 @@ def _default(param: click.Option) -> str:
         return "off" if not param.default else "on"
     if param.is_flag:
         return f"`{(param.opts if param.default else param.secondary_opts)[0]}`"
+    if isinstance(param.show_default, str):
+        return param.show_default
     if param.default is None or param.default == "":
         return ""
     return f"`{param.default}`"

@@ -437,7 +437,7 @@ def _train_main(data_args, o: dict, distributed: DistributedContext) -> dict:
             config = fingerprint_config(o, data_args, splits)
             resume = load_checkpoint(latest_checkpoint(checkpoint_folder(o["cache_dir"], resume_id)), config)
         with _mlflow.run("train", o["experiment"], run_id=resume_id) as active:
-            run_id = active.info.run_id
+            run_id, experiment = active.info.run_id, _mlflow.experiment_name(active)
             if resume is None:
                 splits = load_splits(data_args, work, o["seed"])
                 log_splits(splits)
@@ -473,7 +473,7 @@ def _train_main(data_args, o: dict, distributed: DistributedContext) -> dict:
                if "joint_dev_f1" in m else []),
              f"  teacher dev F1 {m['teacher_dev_f1']:.3f}"
              + (f"; test F1 {m['teacher_test_f1']:.3f}" if "teacher_test_f1" in m else ""),
-             f"  look: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (experiment {o['experiment']!r})",
+             f"  look: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (experiment {experiment!r})",
              f"  adapter: runs:/{run_id}/{ADAPTER_ARTIFACT}"]
     click.echo("\n".join(lines))
     Path("outputs").mkdir(exist_ok=True)
