@@ -763,7 +763,7 @@ def run(plan: Plan, dry_run: bool = False) -> dict[str, Any]:
     todo = sum(len(plan.seeds) if VARIANTS[v].kind != "teacher" else 1 for v in plan.variants) * len(plan.datasets)
     done = 0
     with _mlflow.run("quality", plan.experiment) as parent:
-        parent_id = parent.info.run_id
+        parent_id, experiment = parent.info.run_id, _mlflow.experiment_name(parent)  # mlflow run may file it elsewhere
         mlflow.set_tag("flipkd.benchmark", "quality")
         # prefixed: under `mlflow run` the entry point's own parameters (e.g. seeds) are already logged
         _mlflow.log_params({k: v for k, v in plan.settings().items() if k != "assumed_throughput"},
@@ -799,7 +799,7 @@ def run(plan: Plan, dry_run: bool = False) -> dict[str, Any]:
                 if teacher_info:
                     cell["teacher_finetune"] = {k: v for k, v in teacher_info.items() if k != "folder"}
                 results["settings"] = {**plan.settings(), "settings_hash": plan.settings_hash(),
-                                       "parent_run_id": parent_id, "experiment": plan.experiment,
+                                       "parent_run_id": parent_id, "experiment": experiment,
                                        "estimated_seconds": estimate["total"],
                                        "wall_seconds": time.perf_counter() - started,
                                        "git_commit": commit, "threads": _threads(),
@@ -822,7 +822,7 @@ def run(plan: Plan, dry_run: bool = False) -> dict[str, Any]:
         _results.write_section("quality", markdown)
         click.echo(f"results in {out_file} and the quality section of {_results.RESULTS_MD}")
     click.echo(f"quality benchmark finished in {_duration(wall)} (estimated {_duration(estimate['total'])}); "
-               f"MLflow experiment {plan.experiment!r}, parent run {parent_id}")
+               f"MLflow experiment {experiment!r}, parent run {parent_id}")
     return results
 
 

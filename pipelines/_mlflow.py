@@ -38,25 +38,45 @@ class UsageError(click.UsageError):
 
 
 def setup_tracking(experiment: str | None = None) -> None:
-    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working folder."""
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working folder; and ``experiment``."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
-    if experiment and not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run fixes the experiment
-        mlflow.set_experiment(experiment)
+    if experiment:
+        choose_experiment(experiment)
+
+
+def choose_experiment(experiment: str | None) -> None:
+    """Where a new run is filed, the same rule under ``mlflow run`` and ``python -m``, as MLflow's own CLI has it.
+
+    Under ``mlflow run`` MLflow has already filed the run (its ``--experiment-name``, else
+    ``$MLFLOW_EXPERIMENT_NAME``, else its 'Default'): it cannot move, so ``--experiment`` is not used there.
+    Otherwise ``--experiment``, else ``$MLFLOW_EXPERIMENT_NAME``, else ``flipkd``. Summaries name the
+    experiment the run is in (:func:`experiment_name`), never the option.
+    """
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+
+
+def experiment_name(active: mlflow.ActiveRun) -> str:
+    """The experiment a run was filed in: what a summary names, so the user finds the run there."""
+    return mlflow.get_experiment(active.info.experiment_id).name
 
 
 @contextlib.contextmanager
-def run(name: str, experiment: str | None = DEFAULT_EXPERIMENT, nested: bool = False,
+def run(name: str, experiment: str | None = None, nested: bool = False,
         run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, resume) a run; a failure marks it FAILED, never left RUNNING.
 
     Inside an active run (the ``main`` chain) the new run is a nested child of it. ``run_id`` reopens that
-    existing run (status back to RUNNING; it keeps its name and experiment).
+    existing run (status back to RUNNING; it keeps its name and experiment). ``experiment``: see
+    :func:`choose_experiment`.
     """
     nested = nested or mlflow.active_run() is not None
     if not nested:
-        setup_tracking(None if run_id else experiment)
-        if run_id:  # the run fixes the experiment
+        setup_tracking()
+        if not run_id:
+            choose_experiment(experiment)
+        else:  # the run fixes the experiment
             mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
     reopened = run_id or (os.environ.get("MLFLOW_RUN_ID") and not nested)
     active = mlflow.start_run(run_id=run_id, run_name=None if reopened else name, nested=nested)

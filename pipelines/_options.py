@@ -26,7 +26,9 @@ def option(name: str, *more: str, **kwargs) -> Callable:
 def common_options(func: Callable) -> Callable:
     """Options every entry point has: experiment, seed, cache folder, progress bars."""
     for opt in reversed([
-        option("--experiment", default="flipkd", help="MLflow experiment (ignored under `mlflow run`, which sets it)."),
+        option("--experiment", default=None, show_default="$MLFLOW_EXPERIMENT_NAME, else flipkd",
+               help="MLflow experiment of new runs. Under `mlflow run` MLflow files the run itself: use its "
+                    "`--experiment-name`."),
         option("--seed", type=int, default=0, help="Seed of data splits, shuffling and initialisation."),
         option("--cache-dir", type=click.Path(file_okay=False), default=None,
                help="Cache of converted models and teacher embeddings (default $FLIPKD_CACHE_DIR or ~/.cache/flipkd)."),

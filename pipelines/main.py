@@ -49,7 +49,7 @@ def data_argv(args: DataArgs) -> list[str]:
 @_mlflow.clean_errors
 def cli(data_args, **o) -> dict:
     """Run prepare -> teacher -> score -> train -> evaluate as five nested child runs of one parent run."""
-    common = ["--seed", str(o["seed"]), "--experiment", o["experiment"]]
+    common = ["--seed", str(o["seed"])]  # the steps are nested runs: they land in the parent's experiment
     if o["cache_dir"]:
         common += ["--cache-dir", o["cache_dir"]]
     if not o["progress"]:
@@ -77,7 +77,8 @@ def cli(data_args, **o) -> dict:
         final = {k: v for k, v in evaluated.items() if k != "run_id"}
         _mlflow.log_metrics(final, prefix="student/")  # same names as the train and evaluate runs
         mlflow.set_tag("flipkd.train_run_id", trained["run_id"])
-        click.echo(f"main finished (parent run {parent.info.run_id}): student test F1 "
+        click.echo(f"main finished (parent run {parent.info.run_id}, experiment "
+                   f"{_mlflow.experiment_name(parent)!r}): student test F1 "
                    f"{final.get('test_f1', float('nan')):.3f}, teacher (fine-tuned) dev F1 {taught['dev_f1']:.3f}")
         return {"run_id": parent.info.run_id, **final}
 

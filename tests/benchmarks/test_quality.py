@@ -363,9 +363,10 @@ def mlflow_env(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.setenv("FLIPKD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(_results, "RESULTS_MD", tmp_path / "RESULTS.md")
-    readme = tmp_path / "README.md"  # write_section also rewrites the README's quote: never the real one
-    readme.write_text("<!-- quote:quality -->\nold\n<!-- /quote:quality -->\n", encoding="utf-8")
-    monkeypatch.setattr(_results, "README_MD", readme)
+    quoting = tmp_path / "docs" / "benchmarks.md"  # write_section also rewrites the docs' quotes: never the real ones
+    quoting.parent.mkdir()
+    quoting.write_text("<!-- quote:quality -->\nold\n<!-- /quote:quality -->\n", encoding="utf-8")
+    monkeypatch.setattr(_results, "ROOT", tmp_path)
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)
     yield MlflowClient(uri)
