@@ -23,17 +23,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import click
-import mlflow
 import numpy as np
 
 from benchmarks import _results
 from benchmarks._cells import Budget, CellStore, cell_key, parse_budget
-from benchmarks.datasets import DATASETS, DEFAULT_DATA_ROOT, build
+from benchmarks._real_size import CURVES, build_real, train_cell
+from benchmarks.datasets import DATASETS
 from components.composite_loss import LossConfig
 from components.lora_encoder import EncoderConfig
 from components.models import TEACHER_DEFAULT
@@ -46,7 +45,6 @@ EXPERIMENT = "flipkd-benchmark"
 COUNTS = {"max_train": 1600, "max_dev": 600, "max_test": 16}  # test is not read: dev decides everything here
 STEPS = 200
 VARIANTS = {"flip": ("sup", "dist", "mcl"), "sup": ("sup",)}
-CURVES = ("loss/total", "loss/sup", "loss/dist", "loss/mcl", "grad_norm")
 DEFAULT_LABEL = "defaults"
 # train's settings before the stability fix (stop 18), pinned here so the comparison survives later defaults
 BEFORE = {"learning_rate": 1e-3, "clip_mode": "value", "clip_value": 1.0, "teacher_warmup_ratio": 0.0,
@@ -96,49 +94,19 @@ def make_settings(label: str, preset: str, overrides: tuple[str, ...], steps: in
     return Settings(label, encoder, loss, train, TEACHER_DEFAULT, finetune, dict(COUNTS))
 
 
-def deciles(values: list[float]) -> list[float]:
-    """Mean of each tenth of a series (by step order)."""
-    chunks = np.array_split(np.asarray(values, dtype=float), 10)
-    return [float(c.mean()) if len(c) else float("nan") for c in chunks]
-
-
 def run_cell(dataset: str, splits: dict, variant: str, seed: int, settings: Settings, teacher_dir: Path,
              cache_dir: str | None) -> dict[str, Any]:
-    from mlflow.tracking import MlflowClient
-
-    from pipelines import _mlflow
-    from pipelines.train import train_student
-
-    started = time.perf_counter()
     loss = dataclasses.replace(settings.loss, parts=VARIANTS[variant])
     train = dataclasses.replace(settings.train, seed=seed)
-    with _mlflow.run(f"{dataset}/{variant}/seed{seed}", EXPERIMENT, nested=True) as child:
-        mlflow.set_tags({"flipkd.benchmark": "stability", "benchmark.dataset": dataset, "benchmark.variant": variant,
-                         "benchmark.label": settings.label})
-        _mlflow.log_params({"encoder": settings.encoder.to_dict(), "loss": loss.to_dict(), "train": train.to_dict()})
-        result = train_student(splits, student="smollm2-135m", teacher=str(teacher_dir), cache_dir=cache_dir,
-                               encoder_config=dataclasses.replace(settings.encoder), loss_config=loss,
-                               train_config=train, filter_scope="teacher_terms", no_filter=False, progress=False,
-                               log=True)
-        run_id = child.info.run_id
-    client = MlflowClient()
-    logged = client.get_run(run_id).data.metrics
-    curves = {}
-    for key in CURVES:
-        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-        if history:
-            curves[key] = deciles([m.value for m in history])
-    m = result.metrics
+    cell = train_cell(f"{dataset}/{variant}/seed{seed}", splits, settings.encoder, loss, train, teacher_dir, cache_dir,
+                      EXPERIMENT, {"flipkd.benchmark": "stability", "benchmark.dataset": dataset,
+                                   "benchmark.variant": variant, "benchmark.label": settings.label})
+    m = cell.pop("metrics")
+    cell.pop("scores")
     return {"dataset": dataset, "variant": variant, "seed": seed, "label": settings.label,
-            "settings_hash": settings.hash(), "settings_brief": settings.brief(), "run_id": run_id,
-            "dev_f1": m["dev_f1"], "dev_ap": m["dev_average_precision"], "dev_roc_auc": m["dev_roc_auc"],
-            "dev_threshold": m["dev_threshold"], "teacher_dev_ap": m.get("teacher_dev_average_precision"),
-            "guard_warnings": int(logged.get("guard_warnings", 0)),
-            "guard": client.get_run(run_id).data.tags.get("flipkd.guard", ""),
-            "filter_fraction_dropped": logged.get("filter_fraction_dropped"),
-            "train_pairs_per_s": logged.get("train_pairs_per_s"), "curves": curves,
-            "sizes": {name: len(frame) for name, frame in splits.items()},
-            "steps": train.max_steps, "seconds": time.perf_counter() - started}
+            "settings_hash": settings.hash(), "settings_brief": settings.brief(), "dev_f1": m["dev_f1"],
+            "dev_ap": m["dev_average_precision"], "dev_roc_auc": m["dev_roc_auc"], "dev_threshold": m["dev_threshold"],
+            **cell}
 
 
 def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -232,7 +200,7 @@ def write_outputs(store: CellStore, command: str) -> dict[str, Any]:
 def cli(datasets: str, seeds: int, variants: str, preset: str, label: str | None, overrides: tuple[str, ...],
         steps: int, precision: str, budget: str | None, cache_dir: str | None) -> None:
     """Train flip and sup students at real size and record dev figures, guard warnings and loss curves."""
-    from benchmarks.quality import finetune_cached, teacher_scorer
+    from benchmarks.quality import finetune_cached
     from pipelines import _mlflow
 
     names = [d.strip() for d in datasets.split(",") if d.strip()]
@@ -245,9 +213,7 @@ def cli(datasets: str, seeds: int, variants: str, preset: str, label: str | None
     command = "python -m benchmarks.stability"
     with _mlflow.run("stability", EXPERIMENT):
         for dataset in names:
-            scorer = teacher_scorer(settings.teacher, cache_dir, progress=False)
-            splits = build(dataset, DEFAULT_DATA_ROOT, **settings.counts, seed=0, embed=scorer.encode,
-                           min_dev=settings.counts["max_dev"])
+            splits = build_real(dataset, settings.counts, settings.teacher, cache_dir)
             splits.pop("test")
             teacher_dir, _ = finetune_cached(dataset, splits, settings.teacher, settings.teacher_finetune, cache_dir,
                                              progress=False)

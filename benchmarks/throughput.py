@@ -123,10 +123,17 @@ def depth_pairs(name: str, count: int, cache_dir: str | None = None) -> Training
                          signal.splits["train"].emb_a, signal.splits["train"].emb_b, signal.calibrator, keep)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set (VmHWM). Not ``ru_maxrss``: a spawned child inherits the parent's peak
+    there, through fork and exec."""
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def depth_cell(pairs: TrainingPairs, k: int, seed: int, store_root: str, results) -> None:
     """One configuration, from a cold cache, in a process of its own (its peak RSS is its own)."""
-    import resource
-
     torch.manual_seed(seed)
     student = resolve_student()
     model, tokenizer = load_student(student)
@@ -152,7 +159,7 @@ def depth_cell(pairs: TrainingPairs, k: int, seed: int, store_root: str, results
                   "first_epoch_pairs_per_s": n / (build_s + first),
                   "warm_pairs_per_s": n * (DEPTH_EPOCHS - 1) / later,
                   "cold_run_pairs_per_s": n * DEPTH_EPOCHS / (build_s + first + later),
-                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+                  "peak_rss_gb": peak_rss_bytes() / 1024**3,
                   "cache_mb_per_1000_texts": disk / 1e6 / len(texts) * 1000, "texts": len(texts),
                   "tuned_blocks": k or len(encoder.model.get_base_model().get_decoder().layers)}
 

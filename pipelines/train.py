@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -100,6 +100,8 @@ class StudentRun:
     signal: TeacherSignal
     metrics: dict[str, float]
     threshold: float
+    # student (cosine) scores of every evaluated split, in the split's pair order
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def build_training_pairs(train: pd.DataFrame, signal: TeacherSignal, keep: np.ndarray) -> TrainingPairs:
@@ -252,7 +254,7 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         with _mlflow.scratch_dir() as tmp:
             encoder.save(tmp / ADAPTER_ARTIFACT)
             _mlflow.log_folder(tmp / ADAPTER_ARTIFACT, ADAPTER_ARTIFACT)
-    return StudentRun(encoder, signal, metrics, float(threshold))
+    return StudentRun(encoder, signal, metrics, float(threshold), student_scores)
 
 
 def fill_prefix_cache(encoder: LoraEncoder, student_path: Path, splits: dict[str, pd.DataFrame],

@@ -36,7 +36,8 @@ def test_budget_allows_what_fits():
 
 
 def test_stability_summary_and_render():
-    from benchmarks.stability import deciles, render, summarise
+    from benchmarks._real_size import deciles
+    from benchmarks.stability import render, summarise
 
     assert deciles(list(range(20))) == [0.5 + 2 * i for i in range(10)]
     cells = []
