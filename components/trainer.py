@@ -37,6 +37,7 @@ from components.lora_encoder import LoraEncoder
 
 PRECISIONS = ("auto", "fp32", "bf16")
 CLIP_MODES = ("value", "norm")
+EVAL_METRICS = ("ap", "roc_auc", "f1")
 
 
 @dataclass
@@ -71,6 +72,9 @@ class TrainConfig:
     # without improvement end training early (0: never stop early, still keep the best).
     eval_every: int = 0
     patience: int = 0
+    # what the pipeline's evaluate callback scores on dev: "ap", "roc_auc" or "f1" (F1 at the best dev threshold
+    # overfitted a small dev split in stop 16, so the threshold-free AP is the default)
+    eval_metric: str = "ap"
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -95,6 +99,8 @@ class TrainConfig:
             raise ValueError(f"eval_every and patience must be >= 0, got {self.eval_every} and {self.patience}")
         if self.pack_capacity < 0:
             raise ValueError(f"pack_capacity must be >= 0 (0: off), got {self.pack_capacity}")
+        if self.eval_metric not in EVAL_METRICS:
+            raise ValueError(f"eval_metric must be one of {EVAL_METRICS}, got {self.eval_metric!r}")
         if self.patience and not self.eval_every:
             raise ValueError("patience needs eval_every > 0 (how often dev is evaluated)")
 

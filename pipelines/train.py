@@ -34,7 +34,7 @@ from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
 from components.distributed import DistributedContext
 from components.divergence_guard import DivergenceGuard, collapse
 from components.lora_encoder import DEFAULT_PROMPT, PROMPTS, EncoderConfig, LoraEncoder
-from components.metrics import best_f1, best_f1_threshold
+from components.metrics import average_precision, best_f1, best_f1_threshold, roc_auc
 from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
 from components.prefix_cache import disk_store
 from components.teacher import TeacherScorer
@@ -206,7 +206,8 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
 
     trainer = Trainer(encoder, loss, pairs, train_config, on_step=on_step if log else None, show_progress=progress,
                       on_checkpoint=on_checkpoint if checkpointing else None, distributed=distributed,
-                      evaluate=dev_f1_callback(encoder, splits, loss_config.sup_mode, log, logged, guard)
+                      evaluate=dev_score_callback(encoder, splits, loss_config.sup_mode, train_config.eval_metric,
+                                                  log, logged, guard)
                       if train_config.eval_every else None)
     if resume is not None:
         trainer.load_state_dict(resume.state)
@@ -218,7 +219,8 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         mlflow.log_metrics({k: summary[k] for k in ("train_seconds", "train_pairs_per_s", "data_share",
                                                     "best_step", "stopped_at_step", "stopped_early") if k in summary})
         if "best_step" in summary:
-            click.echo(f"early stopping: best dev F1 {summary['best_dev_score']:.3f} at step "
+            click.echo(f"early stopping: best dev {EVAL_METRICS[train_config.eval_metric][0]} "
+                       f"{summary['best_dev_score']:.3f} at step "
                        f"{summary['best_step']:.0f}; stopped at step {summary['stopped_at_step']:.0f}"
                        f"{' (patience ran out)' if summary['stopped_early'] else ''}; the best parameters are kept")
         mlflow.set_tag("flipkd.precision", trainer.precision)
@@ -281,26 +283,31 @@ def fill_prefix_cache(encoder: LoraEncoder, student_path: Path, splits: dict[str
         mlflow.set_tag("flipkd.prefix_cache", str(store.folder or "memory only"))
 
 
-def dev_f1_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], sup_mode: str, log: bool,
-                    logged: int = 0, guard: DivergenceGuard | None = None):
-    """Dev F1 (at the threshold best on dev) in the scoring the run is trained for: early stopping's measure."""
+EVAL_METRICS = {"ap": ("AP", average_precision), "roc_auc": ("ROC-AUC", roc_auc), "f1": ("F1", best_f1)}
+
+
+def dev_score_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], sup_mode: str, metric: str, log: bool,
+                       logged: int = 0, guard: DivergenceGuard | None = None):
+    """Dev ``metric`` (AP, ROC-AUC, or F1 at the threshold best on dev) in the scoring the run is trained for:
+    early stopping's measure. Each evaluation also checks the dev scores for a collapse (the guard)."""
     if "dev" not in splits:
         raise click.UsageError("--eval-every needs a dev split (give --dev, or --data to split)")
     dev = splits["dev"]
     text_a, text_b, labels = list(dev["text_a"]), list(dev["text_b"]), dev["match"].to_numpy()
     score = encoder.joint_scores if sup_mode == "generative" else encoder.score_pairs
+    measure = EVAL_METRICS[metric][1]
     guard = guard or DivergenceGuard()
 
     def evaluate(step: int) -> float:
         scores = score(text_a, text_b).numpy()
-        f1 = best_f1(scores, labels)
+        value = float(measure(scores, labels))
         collapsed = collapse(scores, best_f1_threshold(scores, labels))
         if collapsed:
             guard.warnings.append((step, f"step {step}: dev scores collapsed: {collapsed}"))
             tqdm.write(f"warning: {guard.warnings[-1][1]}", file=sys.stderr)
         if log and step > logged:  # a resumed run has logged the steps before its checkpoint
-            mlflow.log_metric("early_stopping/dev_f1", f1, step=step)
-        return f1
+            mlflow.log_metric(f"early_stopping/dev_{metric}", value, step=step)
+        return value
 
     return evaluate
 
@@ -323,7 +330,7 @@ def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfi
                         epochs=o["epochs"],
                         max_steps=o["max_steps"], seed=o["seed"], precision=o["precision"], naive=o["naive"],
                         scalar_learning_rate=o["scalar_learning_rate"], checkpoint_every=o.get("checkpoint_every", 0),
-                        eval_every=o["eval_every"], patience=o["patience"],
+                        eval_every=o["eval_every"], patience=o["patience"], eval_metric=o["eval_metric"],
                         pack_capacity=o.get("pack_capacity", TrainConfig.pack_capacity))
     return encoder, loss, train
 
@@ -379,7 +386,11 @@ def student_options(func):
         option("--epochs", type=POSITIVE, default=3.0, help="Passes over the training pairs."),
         option("--max-steps", type=click.IntRange(min=0), default=0, help="Stop after this many steps (0: epochs)."),
         option("--eval-every", type=click.IntRange(min=0), default=0,
-               help="Score dev F1 every N steps and keep the best parameters (restored at the end). 0: off."),
+               help="Score dev every N steps (--eval-metric) and keep the best parameters (restored at the end). "
+                    "0: off."),
+        option("--eval-metric", type=click.Choice(list(EVAL_METRICS)), default=TrainConfig.eval_metric,
+               help="What --eval-every scores on dev: AP or ROC-AUC (threshold-free), or F1 at the best dev "
+                    "threshold (it overfits a small dev split)."),
         option("--patience", type=click.IntRange(min=0), default=0,
                help="With --eval-every: stop after this many dev evaluations without improvement (0: never)."),
         option("--precision", type=click.Choice(PRECISIONS), default=TrainConfig.precision,

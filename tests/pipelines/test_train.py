@@ -129,19 +129,22 @@ def test_teacher_labelled_extra_pairs_are_counted_separately(mlflow_env, tiny_mo
     assert report["extra_pairs"] == run.data.metrics["filter_extra_pairs"]
 
 
-def test_early_stopping_keeps_the_best_dev_checkpoint(mlflow_env, tiny_model_args):
-    args = [a if a != "3" else "8" for a in FAST] + ["--eval-every", "2", "--patience", "1"]
+@pytest.mark.parametrize("metric,name,final", [("f1", "F1", "student/dev_f1"),
+                                               ("ap", "AP", "student/dev_average_precision"),
+                                               ("roc_auc", "ROC-AUC", "student/dev_roc_auc")])
+def test_early_stopping_keeps_the_best_dev_checkpoint(mlflow_env, tiny_model_args, metric, name, final):
+    args = [a if a != "3" else "8" for a in FAST] + ["--eval-every", "2", "--patience", "1", "--eval-metric", metric]
     result = CliRunner().invoke(train.cli, tiny_model_args + args)
     assert result.exit_code == 0, result.output
-    assert "early stopping: best dev F1" in result.output
+    assert f"early stopping: best dev {name} " in result.output
     (run_id,) = run_ids(mlflow_env)
     metrics = mlflow_env.get_run(run_id).data.metrics
-    history = {m.step: m.value for m in mlflow_env.get_metric_history(run_id, "early_stopping/dev_f1")}
+    history = {m.step: m.value for m in mlflow_env.get_metric_history(run_id, f"early_stopping/dev_{metric}")}
     assert set(history) <= {2, 4, 6, 8} and 2 in history
     assert metrics["best_step"] in history and history[metrics["best_step"]] == max(history.values())
     assert metrics["stopped_at_step"] == max(history)
-    # the run ends with the best parameters: its final dev F1 is the best one seen
-    assert metrics["student/dev_f1"] == pytest.approx(max(history.values()), abs=1e-9)
+    # the run ends with the best parameters: its final dev score is the best one seen
+    assert metrics[final] == pytest.approx(max(history.values()), abs=1e-9)
 
 
 def test_patience_without_eval_every_is_exit_2(mlflow_env, tiny_model_args):
