@@ -30,7 +30,7 @@ def fake_store(tmp_path, with_students: bool) -> tuple[CellStore, Settings, dict
     def scores(noise: float) -> dict[str, list[float]]:
         return {k: (v + noise * rng.standard_normal(len(v))).tolist() for k, v in labels.items()}
 
-    for _, variant, seed, key in plan(["d"], settings, (0, 1), {}):
+    for _, variant, _, key in plan(["d"], settings, (0, 1), {}):
         if variant.startswith("teacher"):
             noise = {"teacher_base": 1.0, "teacher_ft_e1": 0.8, "teacher_ft_e2": 0.5, "teacher_ft_e4": 0.7}[variant]
             cell = {"scores": scores(noise), "folder": variant}
