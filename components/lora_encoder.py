@@ -63,6 +63,10 @@ class EncoderConfig:
 
     rank: int = 32
     alpha: float = 64.0
+    # rank of the readout module alone (PEFT rank_pattern; 0: ``rank``): z has this many dimensions. The paper's
+    # rank 256 at 0.5B makes a 256-d z; a small rank everywhere else keeps the other updates cheap. Its alpha scales
+    # with it, so alpha / r stays the same.
+    readout_rank: int = 0
     # 0.05 learned better on the demo than 0 (README, "Defaults"); its masks are drawn cheaply (components.lora_dropout)
     dropout: float = 0.05
     # "input": PEFT's place, a mask over each module's input x (hidden size wide) before A;
@@ -101,6 +105,8 @@ class EncoderConfig:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.readout_rank < 0:
+            raise ValueError(f"readout_rank must be >= 0 (0: the LoRA rank), got {self.readout_rank}")
         if self.lora_layers < 0:
             raise ValueError(f"lora_layers must be >= 0 (0: every block), got {self.lora_layers}")
         self.label_words = tuple(self.label_words)
@@ -128,6 +134,15 @@ def _lora_modules(model: nn.Module, module: str) -> dict[int, nn.Module]:
         if match and match.group(2).split(".")[-1] == module and hasattr(sub, "lora_A"):
             found[int(match.group(1))] = sub
     return found
+
+
+def _readout_name(model: nn.Module, layer: int, module: str) -> str:
+    """Full name of the linear module ``module`` in block ``layer`` (a PEFT rank_pattern key for it alone)."""
+    for name, sub in model.named_modules():
+        match = _LAYER_PATTERN.search(name)
+        if match and int(match.group(1)) == layer and name.rsplit(".", 1)[-1] == module and isinstance(sub, nn.Linear):
+            return name
+    raise ValueError(f"no linear module {module!r} in layer {layer}")
 
 
 def _block_linear_names(model: nn.Module) -> list[str]:
@@ -169,8 +184,14 @@ class LoraEncoder(nn.Module):
             if self.prefix_start:  # PEFT takes a block list only with named targets
                 blocks = list(range(self.prefix_start, layer + 1))
                 targets = _block_linear_names(base) if targets == "all-linear" else targets
+            ranks, alphas = {}, {}
+            if self.config.readout_rank and self.config.readout_rank != self.config.rank:
+                readout = _readout_name(base, layer, self.config.module)
+                ranks = {readout: self.config.readout_rank}
+                alphas = {readout: self.config.alpha * self.config.readout_rank / self.config.rank}
             lora = LoraConfig(r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout,
-                              target_modules=targets, bias="none", task_type="CAUSAL_LM", layers_to_transform=blocks)
+                              target_modules=targets, bias="none", task_type="CAUSAL_LM", layers_to_transform=blocks,
+                              rank_pattern=ranks, alpha_pattern=alphas)
             peft_model = get_peft_model(model, lora)
         self.model = peft_model
         modules = _lora_modules(self.model, self.config.module)
@@ -198,7 +219,8 @@ class LoraEncoder(nn.Module):
 
     @property
     def dimension(self) -> int:
-        return self.config.rank
+        """Size of z: the readout module's rank."""
+        return int(self._target.lora_A[ADAPTER_NAME].weight.shape[0])
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids with EOS appended (the last-token pooling point), dynamically padded."""
@@ -399,7 +421,7 @@ class LoraEncoder(nn.Module):
     # ----------------------------------------------------------------- deployment
     def merged_encoder(self) -> MergedEncoder:
         """Plain module: LoRA merged, truncated at the representation layer, A as the output head."""
-        head = nn.Linear(self._target.in_features, self.config.rank, bias=False)
+        head = nn.Linear(self._target.in_features, self.dimension, bias=False)
         head.weight.data.copy_(self._target.lora_A[ADAPTER_NAME].weight.data.float())
         merged = copy.deepcopy(self.model).merge_and_unload()
         backbone = merged.get_decoder() if hasattr(merged, "get_decoder") else merged.model

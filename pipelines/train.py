@@ -314,7 +314,8 @@ def dev_score_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], su
 
 def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfig]:
     targets = o["target_modules"]
-    encoder = EncoderConfig(rank=o["rank"], alpha=o["lora_alpha"], dropout=o["lora_dropout"],
+    encoder = EncoderConfig(rank=o["rank"], alpha=o["lora_alpha"], readout_rank=o["readout_rank"],
+                            dropout=o["lora_dropout"],
                             dropout_site=o["lora_dropout_site"],
                             target_modules=targets if targets == "all-linear" else targets.split(","),
                             layer=o["layer"], module=o["module"], pooling=o["pooling"], max_length=o["max_length"],
@@ -340,6 +341,8 @@ def student_options(func):
     for opt in reversed([
         option("--rank", type=click.IntRange(min=1), default=32, help="LoRA rank r: the size of z = A x."),
         option("--lora-alpha", type=POSITIVE, default=64.0, help="LoRA alpha (update scale alpha / r)."),
+        option("--readout-rank", type=click.IntRange(min=0), default=EncoderConfig.readout_rank,
+               help="Rank of the readout module alone, so z is this wide (0: --rank); its alpha scales with it."),
         option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05,
                help="LoRA dropout (0 makes a step faster but learned worse here; docs/defaults.md)."),
         option("--lora-dropout-site", type=click.Choice(["input", "bottleneck"]), default="input",
