@@ -55,6 +55,7 @@ PROMPTS: dict[str, dict[str, str | bool]] = {
     "prompteol": {"instruction": 'This sentence : "', "suffix": '" means in one word:"', "append_eos": False},
 }
 DEFAULT_PROMPT = "prompteol"
+READOUTS = ("lora_a", "hidden")
 
 
 @dataclass
@@ -67,6 +68,9 @@ class EncoderConfig:
     # rank 256 at 0.5B makes a 256-d z; a small rank everywhere else keeps the other updates cheap. Its alpha scales
     # with it, so alpha / r stays the same.
     readout_rank: int = 0
+    # "lora_a": z = A x at the readout module (METHOD.md); "hidden": z = x itself, the readout module's input (the
+    # block's normed hidden state, as wide as the model), an option beside the A-encoder reading
+    readout: str = "lora_a"
     # 0.05 learned better on the demo than 0 (README, "Defaults"); its masks are drawn cheaply (components.lora_dropout)
     dropout: float = 0.05
     # "input": PEFT's place, a mask over each module's input x (hidden size wide) before A;
@@ -105,6 +109,8 @@ class EncoderConfig:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.readout_rank < 0:
             raise ValueError(f"readout_rank must be >= 0 (0: the LoRA rank), got {self.readout_rank}")
         if self.lora_layers < 0:
@@ -204,7 +210,10 @@ class LoraEncoder(nn.Module):
         self._stop_early = True
         self.computed_tokens = 0  # token positions (real and padding) the last forward computed
         # a closure, not a bound method: deep copies of the model (merged_encoder) must not copy the encoder
-        self._target.lora_A[ADAPTER_NAME].register_forward_hook(lambda m, i, o: self._capture(m, i, o))
+        if self.config.readout == "hidden":  # the module's input, before its LoRA dropout
+            self._target.register_forward_pre_hook(lambda m, i: self._capture(m, i, i[0]))
+        else:
+            self._target.lora_A[ADAPTER_NAME].register_forward_hook(lambda m, i, o: self._capture(m, i, o))
         # after the capture hook: at the bottleneck site z itself is never dropped out
         install_lora_dropout(self.model, self.config.dropout_site, ADAPTER_NAME)
         # memory only until a pipeline attaches a disk store (use_prefix_store)
@@ -219,7 +228,9 @@ class LoraEncoder(nn.Module):
 
     @property
     def dimension(self) -> int:
-        """Size of z: the readout module's rank."""
+        """Size of z: the readout module's rank (or its input width, for the hidden-state readout)."""
+        if self.config.readout == "hidden":
+            return int(self._target.in_features)
         return int(self._target.lora_A[ADAPTER_NAME].weight.shape[0])
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -422,7 +433,10 @@ class LoraEncoder(nn.Module):
     def merged_encoder(self) -> MergedEncoder:
         """Plain module: LoRA merged, truncated at the representation layer, A as the output head."""
         head = nn.Linear(self._target.in_features, self.dimension, bias=False)
-        head.weight.data.copy_(self._target.lora_A[ADAPTER_NAME].weight.data.float())
+        if self.config.readout == "hidden":
+            head.weight.data.copy_(torch.eye(self.dimension))
+        else:
+            head.weight.data.copy_(self._target.lora_A[ADAPTER_NAME].weight.data.float())
         merged = copy.deepcopy(self.model).merge_and_unload()
         backbone = merged.get_decoder() if hasattr(merged, "get_decoder") else merged.model
         layers = list(backbone.layers[: self.layer_index + 1])

@@ -33,7 +33,7 @@ from components.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
 from components.distributed import DistributedContext
 from components.divergence_guard import DivergenceGuard, collapse
-from components.lora_encoder import DEFAULT_PROMPT, PROMPTS, EncoderConfig, LoraEncoder
+from components.lora_encoder import DEFAULT_PROMPT, PROMPTS, READOUTS, EncoderConfig, LoraEncoder
 from components.metrics import average_precision, best_f1, best_f1_threshold, roc_auc
 from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
 from components.prefix_cache import disk_store
@@ -314,7 +314,7 @@ def dev_score_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], su
 
 def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfig]:
     targets = o["target_modules"]
-    encoder = EncoderConfig(rank=o["rank"], alpha=o["lora_alpha"], readout_rank=o["readout_rank"],
+    encoder = EncoderConfig(rank=o["rank"], alpha=o["lora_alpha"], readout_rank=o["readout_rank"], readout=o["readout"],
                             dropout=o["lora_dropout"],
                             dropout_site=o["lora_dropout_site"],
                             target_modules=targets if targets == "all-linear" else targets.split(","),
@@ -343,6 +343,9 @@ def student_options(func):
         option("--lora-alpha", type=POSITIVE, default=64.0, help="LoRA alpha (update scale alpha / r)."),
         option("--readout-rank", type=click.IntRange(min=0), default=EncoderConfig.readout_rank,
                help="Rank of the readout module alone, so z is this wide (0: --rank); its alpha scales with it."),
+        option("--readout", type=click.Choice(list(READOUTS)), default=EncoderConfig.readout,
+               help="z = A x at the readout module (lora_a, METHOD.md) or its input, the block's normed hidden "
+                    "state (hidden: as wide as the model)."),
         option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05,
                help="LoRA dropout (0 makes a step faster but learned worse here; docs/defaults.md)."),
         option("--lora-dropout-site", type=click.Choice(["input", "bottleneck"]), default="input",

@@ -35,6 +35,7 @@ ENCODER_CASES = [
     ("first_layer_v_proj", {"layer": 0, "module": "v_proj"}),
     ("lora_in_top_two_blocks", {"lora_layers": 2}),
     ("wide_readout", {"readout_rank": 8}),
+    ("hidden_state_readout", {"readout": "hidden"}),
 ]
 
 
@@ -46,7 +47,8 @@ def test_left_and_right_padding_agree(tiny_lm, name, kwargs):
     enc.tokenizer.padding_side = "left"
     left = enc.encode(TEXTS, batch_size=4)
     one_by_one = torch.cat([enc.encode([t]) for t in TEXTS])
-    assert right.shape == (4, kwargs.get("readout_rank", 4))  # z is as wide as the readout module's rank
+    # z is as wide as the readout module's rank, or the model's hidden size for the hidden-state readout
+    assert right.shape == (4, 32 if kwargs.get("readout") == "hidden" else kwargs.get("readout_rank", 4))
     torch.testing.assert_close(left, right, atol=1e-5, rtol=0)
     torch.testing.assert_close(one_by_one, right, atol=1e-5, rtol=0)
     torch.testing.assert_close(right.norm(dim=-1), torch.ones(4))

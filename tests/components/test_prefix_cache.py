@@ -63,6 +63,8 @@ EXACT_CASES = [
     ("k1_mean_pooling", {"lora_layers": 1, "pooling": "mean"}, 0),
     ("middle_layer", {"layer": 2, "lora_layers": 2}, 24),
     ("bottleneck_dropout", {"dropout_site": "bottleneck"}, 24),
+    ("hidden_readout", {"readout": "hidden", "lora_layers": 3}, 24),
+    ("wide_readout", {"readout_rank": 8}, 0),
 ]
 
 
