@@ -79,7 +79,9 @@ class EncoderConfig:
     target_modules: str | list[str] = "all-linear"
     # LoRA only in the top ``lora_layers`` blocks ending at the representation block (0: every block, METHOD.md's
     # reading). The blocks below are then frozen and their output is cached per text (components.prefix_cache).
-    lora_layers: int = 0
+    # 4: about 10x the training pairs/s of every block on a warm cache, and on dev (banking77, STS-B, 3 seeds each)
+    # F1 within one seed std of every block or above it (benchmarks/RESULTS.md, throughput; docs/defaults.md).
+    lora_layers: int = 4
     layer: int = -1
     module: str = "q_proj"
     pooling: str = "last"
