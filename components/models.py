@@ -423,6 +423,10 @@ def resolve_student(spec: str = STUDENT_DEFAULT, cache_dir: str | Path | None = 
     target = cache_root(cache_dir) / "models" / student.name
 
     def build(out: Path) -> None:
+        with torch.random.fork_rng(devices=[]):  # building a model draws from torch's RNG: a cold cache must not
+            _build(out)                             # move the caller's random stream (the LoRA init after it)
+
+    def _build(out: Path) -> None:
         if student.terms:
             print(f"flipkd: {student.terms}", file=sys.stderr)
         print(f"flipkd: converting {student.gguf} into {target} (once, about 30 s)", file=sys.stderr)

@@ -39,7 +39,9 @@ def teacher_options(func):
         option("--teacher", default=TEACHER_DEFAULT,
                help="Teacher SLM: 'all-minilm-l6-v2' (packaged), a folder (e.g. the `teacher` step's output) "
                     "or a cached hub id."),
-        option("--teacher-batch-size", type=click.IntRange(min=1), default=64, help="Texts per teacher forward."),
+        option("--teacher-batch-size", type=click.IntRange(min=1), default=64,
+               help="Rows of every teacher forward (short batches are filled up, so a text gets the same vector "
+                    "in any company; part of the embedding cache key)."),
         option("--teacher-max-length", type=click.IntRange(min=2), default=128, help="Teacher tokens per text."),
     ]):
         func = opt(func)
