@@ -102,7 +102,7 @@ def test_layer_beyond_the_model_fails_cleanly(mlflow_env, tiny_model_args):
 def test_generative_mode_reports_joint_scoring(mlflow_env, tiny_model_args):
     result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--sup-mode", "generative"])
     assert result.exit_code == 0, result.output
-    assert "student joint (decoder path) dev F1" in result.output
+    assert "student, joint reading" in result.output  # the decoder path's row of the comparison
     (run_id,) = run_ids(mlflow_env)
     metrics = mlflow_env.get_run(run_id).data.metrics
     assert "student_joint/dev_f1" in metrics and "student/dev_f1" in metrics
@@ -146,3 +146,29 @@ def test_patience_without_eval_every_is_exit_2(mlflow_env, tiny_model_args):
     result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--patience", "2"])
     assert result.exit_code == 2, result.output
     assert "patience needs eval_every" in result.output
+
+
+@pytest.mark.parametrize("extra, reason", [(["--no-filter"], "--no-filter"), (["--loss-parts", "sup"],
+                                                                            "--loss-parts sup"), ([], None)],
+                         ids=["no-filter", "sup-only", "filter-applies"])
+def test_the_filter_share_is_reported_only_when_the_filter_acts(mlflow_env, tiny_model_args, extra, reason):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + extra)
+    assert result.exit_code == 0, result.output
+    metrics = mlflow_env.get_run(run_ids(mlflow_env)[0]).data.metrics
+    if reason:
+        assert f"noise filter: not applied ({reason}" in result.output and "dropped" not in result.output
+        assert not any(k.startswith("filter_") for k in metrics)
+    else:
+        assert "noise filter: dropped" in result.output and "filter_fraction_dropped" in metrics
+
+
+def test_summary_names_the_teacher_and_goes_to_the_output_dir(mlflow_env, tiny_model_args, tmp_path):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--output-dir", str(tmp_path / "mine")])
+    assert result.exit_code == 0, result.output
+    (run_id,) = run_ids(mlflow_env)
+    summary = json.loads((tmp_path / "mine" / run_id / "summary.json").read_text())
+    assert summary["run_id"] == run_id and summary["test_average_precision"] >= 0
+    assert "taught by: the base teacher" in result.output and "not fine-tuned on this data" in result.output
+    for row in ("student", "teacher (base)", "all-positive baseline"):
+        assert row in result.output[result.output.index("on test"):]
+    assert not (tmp_path / "outputs" / "last_train.json").exists()
