@@ -4,8 +4,10 @@ A composite of three losses can look fine on average and still blow up mid-run: 
 climbs to several times its earlier level, and the student's cosines all drift towards 1 (every pair "matches").
 :class:`DivergenceGuard` watches each series a training step reports (``loss/<part>``, ``grad_norm``): a series
 jumps when its recent level (an exponential moving average over ``span`` steps) exceeds ``factor`` times its
-reference level (the median of that average over the ``window`` steps before the last ``span``) and the absolute
-``floor``. It warns once per jump, and again only after the series came back below the line. :func:`collapse`
+reference level (the median of that average over the ``window`` steps before the last ``span``), the absolute
+``floor``, and ``start_share`` of its level over the first ``warmup`` steps (a loss that has fallen close to 0
+triples on noise alone; that is not a divergence). It warns once per jump, and again only after the series came
+back below the line. :func:`collapse`
 checks scores after an evaluation: every score near 1, all scores nearly equal, or a decision threshold at an
 extreme of the scores (so every pair, or none, is a match).
 
@@ -28,6 +30,7 @@ WATCHED_PREFIXES = ("loss/", "grad_norm")
 class _Series:
     average: float | None = None
     history: deque = field(default_factory=deque)  # the average at each step, oldest first
+    start: list = field(default_factory=list)  # raw values of the first warmup steps
     jumping: bool = False
 
 
@@ -39,6 +42,7 @@ class DivergenceGuard:
         span: steps of the exponential moving average (the recent level).
         window: steps whose median average is the reference level (the ``span`` latest are left out).
         floor: absolute level below which nothing warns (a tiny loss doubling is not a divergence).
+        start_share: nothing warns below this share of the series' median over the first ``warmup`` steps.
         warmup: steps before the first check (early steps are noisy and the reference not yet set).
 
     Attributes:
@@ -46,10 +50,11 @@ class DivergenceGuard:
     """
 
     def __init__(self, factor: float = 3.0, span: int = 5, window: int = 50, floor: float = 0.05,
-                 warmup: int = 20) -> None:
-        if factor <= 1 or span < 1 or window < 1 or warmup < 0:
-            raise ValueError("factor must be > 1, span and window >= 1, warmup >= 0")
+                 start_share: float = 0.25, warmup: int = 20) -> None:
+        if factor <= 1 or span < 1 or window < 1 or warmup < 0 or start_share < 0:
+            raise ValueError("factor must be > 1, span and window >= 1, warmup and start_share >= 0")
         self.factor, self.span, self.window, self.floor, self.warmup = factor, span, window, floor, warmup
+        self.start_share = start_share
         self._series: dict[str, _Series] = {}
         self.warnings: list[tuple[int, str]] = []
 
@@ -62,10 +67,13 @@ class DivergenceGuard:
             alpha = 2.0 / (self.span + 1)
             series.average = value if series.average is None else alpha * value + (1 - alpha) * series.average
             series.history.append(series.average)
+            if step <= self.warmup:
+                series.start.append(value)
             if len(series.history) <= self.span or step <= self.warmup:
                 continue
             reference = float(np.median(list(series.history)[: -self.span]))
-            line = max(self.factor * reference, self.floor)
+            start = self.start_share * float(np.median(series.start)) if series.start else 0.0
+            line = max(self.factor * reference, self.floor, start)
             if series.average > line and not series.jumping:
                 series.jumping = True
                 said.append(f"step {step}: {name} jumped to {series.average:.3g} (averaged over {self.span} steps), "

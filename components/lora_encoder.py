@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from components.checksums import CHECKSUM_FILE, verify_checksums, write_checksums  # noqa: F401
 from components.lora_dropout import DROPOUT_SITES, install_lora_dropout, masks_by_token
+from components.models import base_model_record
 from components.packing import pack, padded_token_index
 from components.pooling import POOLING_MODES, pool_normalized
 from components.prefix_cache import FrozenPrefix, PrefixStore
@@ -412,8 +413,9 @@ class LoraEncoder(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(folder), safe_serialization=True)
+        source = str(getattr(self.model.get_base_model().config, "_name_or_path", ""))
         meta = {"config": self.config.to_dict(), "layer_index": self.layer_index,
-                "base_model": str(getattr(self.model.get_base_model().config, "_name_or_path", ""))}
+                "base_model": base_model_record(source, self.config.extra.get("student"))}
         (folder / ENCODER_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         write_checksums(folder, CHECKSUMMED)
         return folder

@@ -442,9 +442,9 @@ class Trainer:
         last: dict[str, float] = {}
         start = time.perf_counter()
         pairs_seen = 0
-        speed = contextlib.nullcontext() if self.config.naive else fast_training_path(self.encoder.model)
-        with speed, tqdm(total=end, initial=self.step, desc="train", unit="step",
-                         disable=not self.show_progress) as bar:
+        with contextlib.ExitStack() as speed, tqdm(total=end, initial=self.step, desc="train", unit="step",
+                                                   disable=not self.show_progress) as bar:
+            speed.enter_context(self._speed())
             while self.step < end and not self.early.stopped:
                 index = next(stream)
                 last = self.train_step(index)
@@ -455,7 +455,9 @@ class Trainer:
                 if self.on_step and (self.step % self.config.log_every == 0 or self.step == end):
                     self.on_step(self.step, last)
                 if self._evaluating and (self.step % self.config.eval_every == 0 or self.step == self.total_steps):
+                    speed.close()  # dev is scored exactly as the final evaluation scores it, outside the fast path
                     self._evaluate()
+                    speed.enter_context(self._speed())
                 every = self.config.checkpoint_every
                 if self.on_checkpoint and every and (self.step % every == 0 or self.step == self.total_steps
                                                      or self.early.stopped):
@@ -472,6 +474,9 @@ class Trainer:
             last.update({"best_dev_score": self.early.best_score, "best_step": float(self.early.best_step),
                          "stopped_at_step": float(self.step), "stopped_early": float(self.early.stopped)})
         return last
+
+    def _speed(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self.config.naive else fast_training_path(self.encoder.model)
 
     @property
     def _evaluating(self) -> bool:

@@ -38,9 +38,19 @@ class UsageError(click.UsageError):
 
 
 def setup_tracking(experiment: str | None = None) -> None:
-    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working folder; and ``experiment``."""
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working folder; and ``experiment``.
+
+    A file store (``file:...`` or a plain folder) is refused in one line: MLflow 3 raises a long traceback for it.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
         mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
+    elif uri.startswith(("file:", "/", ".", "~")) and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() \
+            not in ("1", "true"):
+        beside = Path(uri.removeprefix("file://").removeprefix("file:") or ".").expanduser().resolve().parent
+        raise ValueError(f"MLFLOW_TRACKING_URI={uri} is a file store, which MLflow 3 no longer writes to: use a "
+                         f"database, e.g. MLFLOW_TRACKING_URI=sqlite:///{beside}/mlflow.db (or a tracking server, "
+                         f"http://HOST:PORT)")
     if experiment:
         choose_experiment(experiment)
 
@@ -165,9 +175,11 @@ def clean_errors(func: Callable) -> Callable:
     """
     from components.data import DataError
     from components.models import ModelLoadError
+    from pipelines._console import setup_console
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        setup_console()
         try:
             return func(*args, **kwargs)
         except (DataError, ModelLoadError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import click
 
+from pipelines._console import progress_callback
+
 POSITIVE = click.FloatRange(min=0, min_open=True)
 UNIT = click.FloatRange(0.0, 1.0)
 
@@ -32,7 +34,8 @@ def common_options(func: Callable) -> Callable:
         option("--seed", type=int, default=0, help="Seed of data splits, shuffling and initialisation."),
         option("--cache-dir", type=click.Path(file_okay=False), default=None,
                help="Cache of converted models and teacher embeddings (default $FLIPKD_CACHE_DIR or ~/.cache/flipkd)."),
-        option("--progress/--no-progress", default=True, help="Progress bars on long work."),
+        option("--progress/--no-progress", default=None, callback=progress_callback,
+               show_default="on when stderr is a terminal", help="Progress bars on long work."),
     ]):
         func = opt(func)
     return func

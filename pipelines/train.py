@@ -38,18 +38,20 @@ from components.metrics import average_precision, best_f1, best_f1_threshold, ro
 from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
 from components.prefix_cache import disk_store
 from components.teacher import TeacherScorer
+from components.teacher_finetune import FINETUNE_SIDECAR
 from components.teacher_signal import TeacherSignal
 from components.trainer import CLIP_MODES, PRECISIONS, TrainConfig, Trainer, TrainingPairs
 from pipelines import _mlflow
 from pipelines._data import data_fingerprint, data_options, load_splits, log_splits, with_data_args
-from pipelines._evaluation import evaluate_scores, log_pr_curves
+from pipelines._evaluation import all_positive, comparison_table, evaluate_scores, log_pr_curves
 from pipelines._options import POSITIVE, BlockCount, common_options, option
 from pipelines.score import filter_options, score_and_filter, teacher_options
 
 ADAPTER_ARTIFACT = "student"
 DEFAULT_PREFIX_CACHE_GB = 10.0
 # options that do not change the result: a resume may give other values
-NOT_FINGERPRINTED = ("experiment", "progress", "cache_dir", "checkpoint_every", "resume", "prefix_cache_gb")
+NOT_FINGERPRINTED = ("experiment", "progress", "cache_dir", "checkpoint_every", "resume", "prefix_cache_gb",
+                     "output_dir")
 
 
 def _parts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -132,6 +134,27 @@ def add_extra_pairs(pairs: TrainingPairs, train: pd.DataFrame, signal: TeacherSi
     return grown, extra.report(config.positive_threshold)
 
 
+def teacher_kind(teacher: str) -> str:
+    return "fine-tuned" if (Path(teacher) / FINETUNE_SIDECAR).is_file() else "base"
+
+
+def describe_teacher(teacher: str) -> str:
+    """Which teacher taught the student: a fine-tuned folder, or a base model not fine-tuned on this data."""
+    if teacher_kind(teacher) == "fine-tuned":
+        return f"the fine-tuned teacher {Path(teacher).resolve()}"
+    return (f"the base teacher {teacher}, not fine-tuned on this data (`main` fine-tunes it first; or pass "
+            f"--teacher with the folder a `teacher` run printed)")
+
+
+def filter_unused(no_filter: bool, filter_scope: str, loss_config: LossConfig) -> str | None:
+    """Why the noise filter changes nothing in this run, or None when it does."""
+    if no_filter:
+        return "--no-filter: every pair is kept"
+    if filter_scope == "teacher_terms" and not set(loss_config.parts) & {"dist", "mcl"}:
+        return f"--loss-parts {','.join(loss_config.parts)}: it only acts on the teacher-driven losses"
+    return None
+
+
 def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str, cache_dir: str | None,
                   encoder_config: EncoderConfig, loss_config: LossConfig, train_config: TrainConfig,
                   filter_scope: str, no_filter: bool, teacher_batch_size: int = 64, teacher_max_length: int = 128,
@@ -163,11 +186,10 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     scored = score_and_filter(splits, teacher=teacher, cache_dir=cache_dir, delta_pos=loss_config.delta_pos,
                               delta_neg=loss_config.delta_neg, filter_scope=filter_scope,
                               teacher_batch_size=teacher_batch_size, teacher_max_length=teacher_max_length,
-                              progress=progress, log=log and resume is None)  # a resumed run has them
+                              progress=progress, log=log and resume is None,  # a resumed run has them
+                              filter_unused=filter_unused(no_filter, filter_scope, loss_config))
     signal, train = scored.signal, splits["train"]
     keep = np.ones(len(train), dtype=bool) if no_filter else scored.keep
-    if no_filter:
-        click.echo("noise filter ignored (--no-filter): every pair is kept")
     pairs = build_training_pairs(train, signal, keep)
     if filter_scope == "all" and not no_filter:
         rows = np.flatnonzero(keep)
@@ -471,6 +493,8 @@ def last_logged_step(run_id: str) -> int:
         help="Continue the interrupted (killed, crashed or stopped) train run RUN_ID from its last checkpoint, into "
              "the same MLflow run, with the same options and data as the first time (checked). Under `mlflow run`: "
              "`mlflow run . -e train --run-id RUN_ID ...` resumes the same way.")
+@option("--output-dir", type=click.Path(file_okay=False), default="outputs/train",
+        help="The run's summary.json goes to OUTPUT_DIR/<run id>/ (the adapter and everything else: MLflow).")
 @common_options
 @with_data_args
 @_mlflow.clean_errors
@@ -553,19 +577,23 @@ def _train_main(data_args, o: dict, distributed: DistributedContext) -> dict:
         m = result.metrics
     shutil.rmtree(checkpoints.folder, ignore_errors=True)  # the run finished: nothing left to resume
     elapsed = time.perf_counter() - started
-    lines = [f"flipkd train finished in {elapsed:.0f} s (run {run_id})",
-             f"  student dev F1 {m['dev_f1']:.3f} at threshold {result.threshold:.3f}"
-             + (f"; test F1 {m['test_f1']:.3f}, AP {m['test_average_precision']:.3f}" if "test_f1" in m else ""),
-             *([f"  student joint (decoder path) dev F1 {m['joint_dev_f1']:.3f}"
-                + (f"; test F1 {m['joint_test_f1']:.3f}" if "joint_test_f1" in m else "")]
-               if "joint_dev_f1" in m else []),
-             f"  teacher dev F1 {m['teacher_dev_f1']:.3f}"
-             + (f"; test F1 {m['teacher_test_f1']:.3f}" if "teacher_test_f1" in m else ""),
-             f"  look: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (experiment {experiment!r})",
-             f"  adapter: runs:/{run_id}/{ADAPTER_ARTIFACT}"]
+    split = "test" if "test_f1" in m else "dev"
+    teacher_metrics = {k.removeprefix("teacher_"): v for k, v in m.items() if k.startswith("teacher_")}
+    rows = [("student", m), *([("student, joint reading", {k.removeprefix("joint_"): v for k, v in m.items()
+                                                          if k.startswith("joint_")})] if "joint_dev_f1" in m else []),
+            (f"teacher ({teacher_kind(o['teacher'])})", teacher_metrics),
+            ("all-positive baseline", all_positive(splits[split]))]
+    out = Path(o["output_dir"]).resolve() / run_id
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"run_id": run_id, "experiment": experiment, "teacher": describe_teacher(o["teacher"]), **m}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    lines = [f"flipkd train finished in {elapsed:.0f} s (run {run_id}, experiment {experiment!r})",
+             *comparison_table(rows, split),
+             f"  taught by: {describe_teacher(o['teacher'])}",
+             f"  threshold (chosen on dev): {result.threshold:.3f}; adapter: runs:/{run_id}/{ADAPTER_ARTIFACT}",
+             f"  look: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}",
+             f"  summary: {out / 'summary.json'}"]
     click.echo("\n".join(lines))
-    Path("outputs").mkdir(exist_ok=True)
-    (Path("outputs") / "last_train.json").write_text(json.dumps({"run_id": run_id, **m}, indent=2, default=float))
     return {"run_id": run_id, **m}
 
 

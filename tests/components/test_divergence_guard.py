@@ -40,6 +40,13 @@ def test_tiny_levels_stay_quiet_and_a_recovered_series_can_warn_again():
     assert len(feed(DivergenceGuard(), values)) == 2
 
 
+def test_a_converged_loss_bumping_near_zero_is_not_a_divergence():
+    """loss/mcl of a real run (MEDIQA, 1,524 pairs, lr 1e-3): ~1 at the start, 0.012 by step 250, then 0.06-0.09."""
+    values = [1.0] * 20 + list(np.linspace(1.0, 0.012, 200)) + [0.012] * 30 + [0.08] * 10
+    assert feed(DivergenceGuard(), values) == []
+    assert len(feed(DivergenceGuard(start_share=0.0), values)) == 1  # without the start level it would warn
+
+
 def test_nothing_warns_during_warmup():
     assert feed(DivergenceGuard(warmup=30), [1.0] * 10 + [9.0] * 15) == []
 

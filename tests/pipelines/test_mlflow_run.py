@@ -74,3 +74,18 @@ def test_python_m_lands_where_the_summary_says(mlflow_env, monkeypatch, argv, en
     assert mlflow_env.get_experiment(run.info.experiment_id).name == experiment
     assert f"experiment {experiment!r}" in result.output
 
+
+
+def test_train_from_a_git_uri(project_repo, tmp_path, tiny_llama_dir, tiny_bert_dir):
+    """`mlflow run <git URI> -e train`: MLflow clones the project and runs it; the run records a trained student."""
+    tiny = {"student": tiny_llama_dir, "teacher": tiny_bert_dir, "epochs": 1, "max_steps": 2, "rank": 4,
+            "lora_alpha": 8, "batch_size": 8, "max_length": 16, "output_dir": tmp_path / "out"}
+    params = [arg for key, value in tiny.items() for arg in ("-P", f"{key}={value}")]
+    result = mlflow_run(project_repo, tmp_path, "train", "--experiment-name", "from-git", *params)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run, landed = the_run(tmp_path)
+    assert landed == "from-git" and run.info.status == "FINISHED"
+    assert "experiment 'from-git'" in result.stdout
+    assert run.data.tags["mlflow.source.type"] == "PROJECT" and run.data.tags["mlflow.project.entryPoint"] == "train"
+    assert {"dev_f1", "dev_average_precision"} <= {k.split("/", 1)[-1] for k in run.data.metrics}
+    assert (tmp_path / "out" / run.info.run_id / "summary.json").exists()  # where asked, not in MLflow's clone

@@ -104,7 +104,7 @@ def test_layer_beyond_the_model_fails_cleanly(mlflow_env, tiny_model_args):
 def test_generative_mode_reports_joint_scoring(mlflow_env, tiny_model_args):
     result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--sup-mode", "generative"])
     assert result.exit_code == 0, result.output
-    assert "student joint (decoder path) dev F1" in result.output
+    assert "student, joint reading" in result.output  # the decoder path's row of the comparison
     (run_id,) = run_ids(mlflow_env)
     metrics = mlflow_env.get_run(run_id).data.metrics
     assert "student_joint/dev_f1" in metrics and "student/dev_f1" in metrics
@@ -175,3 +175,29 @@ def test_lora_in_the_top_blocks_fills_the_prefix_cache_once(mlflow_env, tiny_mod
 def test_lora_layers_must_be_a_count_or_all(mlflow_env, tiny_model_args, value):
     result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--lora-layers", value])
     assert result.exit_code == 2 and "a number of blocks >= 1 or 'all'" in result.output
+
+
+@pytest.mark.parametrize("extra, reason", [(["--no-filter"], "--no-filter"), (["--loss-parts", "sup"],
+                                                                            "--loss-parts sup"), ([], None)],
+                         ids=["no-filter", "sup-only", "filter-applies"])
+def test_the_filter_share_is_reported_only_when_the_filter_acts(mlflow_env, tiny_model_args, extra, reason):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + extra)
+    assert result.exit_code == 0, result.output
+    metrics = mlflow_env.get_run(run_ids(mlflow_env)[0]).data.metrics
+    if reason:
+        assert f"noise filter: not applied ({reason}" in result.output and "dropped" not in result.output
+        assert not any(k.startswith("filter_") for k in metrics)
+    else:
+        assert "noise filter: dropped" in result.output and "filter_fraction_dropped" in metrics
+
+
+def test_summary_names_the_teacher_and_goes_to_the_output_dir(mlflow_env, tiny_model_args, tmp_path):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--output-dir", str(tmp_path / "mine")])
+    assert result.exit_code == 0, result.output
+    (run_id,) = run_ids(mlflow_env)
+    summary = json.loads((tmp_path / "mine" / run_id / "summary.json").read_text())
+    assert summary["run_id"] == run_id and summary["test_average_precision"] >= 0
+    assert "taught by: the base teacher" in result.output and "not fine-tuned on this data" in result.output
+    for row in ("student", "teacher (base)", "all-positive baseline"):
+        assert row in result.output[result.output.index("on test"):]
+    assert not (tmp_path / "outputs" / "last_train.json").exists()
