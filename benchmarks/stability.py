@@ -45,6 +45,7 @@ EXPERIMENT = "flipkd-benchmark"
 COUNTS = {"max_train": 1600, "max_dev": 600, "max_test": 16}  # test is not read: dev decides everything here
 STEPS = 200
 VARIANTS = {"flip": ("sup", "dist", "mcl"), "sup": ("sup",)}
+SUP_FIELDS = ("w_sup", "sup_mode")  # the loss settings L_sup alone depends on
 DEFAULT_LABEL = "defaults"
 # train's settings before the stability fix (stop 18), pinned here so the comparison survives later defaults
 BEFORE = {"learning_rate": 1e-3, "clip_mode": "value", "clip_value": 1.0, "teacher_warmup_ratio": 0.0,
@@ -69,10 +70,15 @@ class Settings:
                 "teacher": self.teacher, "teacher_finetune": dataclasses.asdict(self.teacher_finetune),
                 "counts": self.counts}
 
-    def hash(self) -> str:
+    def hash(self, variant: str = "flip") -> str:
+        """What makes two cells of ``variant`` the same run: ``sup`` ignores every setting of the teacher-driven
+        parts, so trials that change only those share its cells."""
         data = self.as_dict()
         data["train"] = {k: v for k, v in data["train"].items() if k != "seed"}
         data["loss"] = {k: v for k, v in data["loss"].items() if k != "parts"}
+        if variant == "sup":
+            data["loss"] = {k: v for k, v in data["loss"].items() if k in SUP_FIELDS}
+            data["train"].pop("teacher_warmup_ratio", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def brief(self) -> str:
@@ -103,8 +109,8 @@ def run_cell(dataset: str, splits: dict, variant: str, seed: int, settings: Sett
                                    "benchmark.variant": variant, "benchmark.label": settings.label})
     m = cell.pop("metrics")
     cell.pop("scores")
-    return {"dataset": dataset, "variant": variant, "seed": seed, "label": settings.label,
-            "settings_hash": settings.hash(), "settings_brief": settings.brief(), "dev_f1": m["dev_f1"],
+    return {"dataset": dataset, "variant": variant, "seed": seed, "labels": [settings.label],
+            "settings_hash": settings.hash(variant), "settings_brief": settings.brief(), "dev_f1": m["dev_f1"],
             "dev_ap": m["dev_average_precision"], "dev_roc_auc": m["dev_roc_auc"], "dev_threshold": m["dev_threshold"],
             **cell}
 
@@ -113,8 +119,8 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """Per label and dataset: mean dev figures of each variant, the seeds, the guard's warnings."""
     out: dict[str, Any] = {}
     for cell in cells:
-        row = out.setdefault(cell["label"], {}).setdefault(cell["dataset"], {"cells": []})
-        row["cells"].append(cell)
+        for label in cell.get("labels") or [cell["label"]]:
+            out.setdefault(label, {}).setdefault(cell["dataset"], {"cells": []})["cells"].append(cell)
     for datasets in out.values():
         for row in datasets.values():
             cells = row.pop("cells")
@@ -130,7 +136,8 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
                                                            axis=0).tolist()
                                                 for k in CURVES if any(k in c["curves"] for c in mine)}
             row["guard_warnings"] = int(sum(c["guard_warnings"] for c in cells))
-            row["settings_brief"] = cells[0]["settings_brief"]
+            row["settings_brief"] = next((c["settings_brief"] for c in cells if c["variant"] == "flip"),
+                                        cells[0]["settings_brief"])
             row["steps"] = cells[0]["steps"]
             row["teacher_dev_ap"] = cells[0].get("teacher_dev_ap")
     return out
@@ -219,8 +226,11 @@ def cli(datasets: str, seeds: int, variants: str, preset: str, label: str | None
                                              progress=False)
             for variant in chosen:
                 for seed in range(seeds):
-                    key = cell_key(dataset, variant, seed, settings.hash())
-                    if key in store:
+                    key = cell_key(dataset, variant, seed, settings.hash(variant))
+                    if key in store:  # the same run under another label (a trial that leaves L_sup alone)
+                        labels = store.get(key).setdefault("labels", [store.get(key).get("label")])
+                        if settings.label not in labels:
+                            store.put(key, {**store.get(key), "labels": [*labels, settings.label]})
                         continue
                     done = [c["seconds"] for c in store.cells.values() if c["dataset"] == dataset]
                     if not clock.allows(float(np.mean(done)) if done else ASSUMED_CELL_SECONDS):

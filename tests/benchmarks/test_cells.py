@@ -43,7 +43,7 @@ def test_stability_summary_and_render():
     cells = []
     for variant, ap in (("flip", 0.8), ("sup", 0.7)):
         for seed in (0, 1):
-            cells.append({"dataset": "d", "variant": variant, "seed": seed, "label": "defaults",
+            cells.append({"dataset": "d", "variant": variant, "seed": seed, "labels": ["defaults"],
                           "dev_ap": ap + seed / 10, "dev_f1": 0.5, "dev_roc_auc": 0.6, "guard_warnings": seed,
                           "settings_brief": "lr 1",
                           "steps": 200, "teacher_dev_ap": 0.75,
@@ -55,3 +55,13 @@ def test_stability_summary_and_render():
     text = render(summarise(cells), {"d": {"train": 1600, "dev": 600}}, "python -m benchmarks.stability")
     assert "| d | 0.500 ± 0.000 | 0.850 ± 0.071 | 0.500 ± 0.000 | 0.750 ± 0.071 | 0.750 | 2 |" in text
     assert "| d | loss/mcl | 1 | 1 |" in text and "d 1600/600" in text
+
+
+def test_sup_cells_are_shared_by_trials_that_change_only_the_teacher_terms():
+    from benchmarks.stability import make_settings
+
+    plain = make_settings("a", "defaults", (), 200, "auto")
+    warmer = make_settings("b", "defaults", ("temperature=0.1", "teacher_warmup_ratio=0.3", "w_dist=2"), 200, "auto")
+    faster = make_settings("c", "defaults", ("learning_rate=3e-4",), 200, "auto")
+    assert plain.hash("sup") == warmer.hash("sup") and plain.hash("flip") != warmer.hash("flip")
+    assert plain.hash("sup") != faster.hash("sup")  # the learning rate moves L_sup alone too
