@@ -62,6 +62,6 @@ def test_sup_cells_are_shared_by_trials_that_change_only_the_teacher_terms():
 
     plain = make_settings("a", "defaults", (), 200, "auto")
     warmer = make_settings("b", "defaults", ("temperature=0.1", "teacher_warmup_ratio=0.3", "w_dist=2"), 200, "auto")
-    faster = make_settings("c", "defaults", ("learning_rate=3e-4",), 200, "auto")
+    faster = make_settings("c", "defaults", ("train.learning_rate=3e-4",), 200, "auto")
     assert plain.hash("sup") == warmer.hash("sup") and plain.hash("flip") != warmer.hash("flip")
     assert plain.hash("sup") != faster.hash("sup")  # the learning rate moves L_sup alone too
