@@ -48,9 +48,10 @@ VARIANTS = {"flip": ("sup", "dist", "mcl"), "sup": ("sup",)}
 SUP_FIELDS = ("w_sup", "sup_mode")  # the loss settings L_sup alone depends on
 DEFAULT_LABEL = "defaults"
 # train's settings before the stability fix (stop 18), pinned here so the comparison survives later defaults
-BEFORE = {"learning_rate": 1e-3, "clip_mode": "value", "clip_value": 1.0, "teacher_warmup_ratio": 0.0,
-          "warmup_ratio": 0.05, "weight_decay": 0.1, "scalar_learning_rate": 1e-2, "w_sup": 1.0, "w_dist": 1.0,
-          "w_mcl": 1.0, "temperature": 0.05, "margin": 0.06, "distill_mode": "mse", "rank": 32, "alpha": 64.0}
+BEFORE = {"train.learning_rate": 1e-3, "clip_mode": "value", "clip_value": 1.0, "teacher_warmup_ratio": 0.0,
+          "train.warmup_ratio": 0.05, "train.weight_decay": 0.1, "scalar_learning_rate": 1e-2, "w_sup": 1.0,
+          "w_dist": 1.0, "w_mcl": 1.0, "temperature": 0.05, "margin": 0.06, "distill_mode": "mse", "rank": 32,
+          "alpha": 64.0}
 PRESETS = {"defaults": {}, "before": BEFORE}
 ASSUMED_CELL_SECONDS = 240.0
 

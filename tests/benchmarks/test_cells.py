@@ -65,3 +65,10 @@ def test_sup_cells_are_shared_by_trials_that_change_only_the_teacher_terms():
     faster = make_settings("c", "defaults", ("train.learning_rate=3e-4",), 200, "auto")
     assert plain.hash("sup") == warmer.hash("sup") and plain.hash("flip") != warmer.hash("flip")
     assert plain.hash("sup") != faster.hash("sup")  # the learning rate moves L_sup alone too
+
+
+def test_the_before_preset_pins_the_old_settings():
+    from benchmarks.stability import make_settings
+
+    before = make_settings("before", "before", (), 200, "auto")
+    assert (before.train.learning_rate, before.train.clip_mode, before.loss.w_dist) == (1e-3, "value", 1.0)
