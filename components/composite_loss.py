@@ -86,7 +86,7 @@ class FlipKDLoss(nn.Module):
             else:
                 parts["sup"] = cosine.sum() * 0.0
         if "dist" in self.config.parts:
-            parts["dist"] = self.dist.compute_loss_from_cosine(cosine, teacher, keep)
+            parts["dist"] = self.dist.compute_loss_from_cosine(cosine, teacher, keep, self.sup.head)
         if "mcl" in self.config.parts:
             parts["mcl"] = self.mcl.compute_loss_from_cosine(cosine, teacher, labels, keep)
         total = sum(self.weights[name] * (1.0 if name == "sup" else teacher_weight) * value

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from components.augment import AugmentConfig, teacher_labelled_pairs
 from components.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
+from components.distill_loss import DISTILL_MODES
 from components.distributed import DistributedContext
 from components.divergence_guard import DivergenceGuard, collapse
 from components.lora_encoder import DEFAULT_PROMPT, PROMPTS, READOUTS, EncoderConfig, LoraEncoder
@@ -393,7 +394,9 @@ def student_options(func):
         option("--w-mcl", type=click.FloatRange(min=0), default=1.0, help="Weight of L_MCL."),
         option("--sup-mode", type=click.Choice(["representation", "generative"]), default="representation",
                help="L_sup on the pair cosine (BCE) or on the label word (decoder path)."),
-        option("--distill-mode", type=click.Choice(["mse", "kl"]), default="mse", help="Form of L_dist."),
+        option("--distill-mode", type=click.Choice(list(DISTILL_MODES)), default=LossConfig.distill_mode,
+               help="Form of L_dist: mse of (S+1)/2 against T (METHOD.md), row-wise kl, or prob: the student's "
+                    "P(match) through L_sup's scale and bias against the teacher's (Bernoulli KL)."),
         option("--distill-temperature", type=POSITIVE, default=0.05, help="Student temperature of L_dist (kl)."),
         option("--distill-teacher-temperature", type=POSITIVE, default=0.05, help="Teacher temperature (kl)."),
         option("--margin", type=click.FloatRange(min=0), default=0.06, help="MCL angular margin m_c (radians)."),
