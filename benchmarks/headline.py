@@ -291,6 +291,32 @@ def render(summary: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def settings_tried(store: CellStore, labels: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, list[float]]]:
+    """Dev AP of every student setting stored (each distinct brief: flip_full, sup_only and every --best tried),
+    per dataset and seed: the evidence a flip setting is chosen on."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for key, cell in store.cells.items():
+        dataset, variant = key.split("/")[:2]
+        if "brief" not in cell or dataset not in labels:
+            continue
+        name = "sup_only" if variant == "sup_only" else "flip"
+        dev = average_precision(np.array(cell["scores"]["dev"]), labels[dataset]["dev"])
+        out.setdefault(f"{name}: {cell['brief']}", {}).setdefault(dataset, []).append(dev)
+    return out
+
+
+def render_tried(tried: dict[str, dict[str, list[float]]]) -> str:
+    if not tried:
+        return ""
+    datasets = sorted({d for per in tried.values() for d in per})
+    lines = ["", "", "**Settings tried** (every student setting stored, dev AP mean over its seeds, n seeds):", "",
+             "| setting | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+    for name, per in sorted(tried.items()):
+        cells = [f"{np.mean(per[d]):.3f} (n={len(per[d])})" if d in per else "-" for d in datasets]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> dict[str, Any]:
     out: dict[str, Any] = {"command": command, "best": list(settings.best)}
     for dataset, s in summary.items():
@@ -318,11 +344,14 @@ def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> 
               help="The flip setting chosen on dev (flip_best = train's defaults plus these); repeatable.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Settings of every student (EncoderConfig, LossConfig, TrainConfig fields); repeatable.")
+@click.option("--seeds", "seed_count", type=click.IntRange(1, len(SEEDS)), default=len(SEEDS), show_default=True,
+              help="Run the students of the first N seeds only (a trial of a --best setting on dev); the table "
+                   "always asks for all of them and names the missing cells.")
 @click.option("--budget", default=None, help="Stop cleanly before this much wall time (e.g. 150m).")
 @click.option("--render", "render_only", is_flag=True, help="Only rewrite RESULTS.md and headline.json from the cells.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="flipkd cache folder.")
-def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], budget: str | None, render_only: bool,
-        cache_dir: str | None) -> None:
+def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_count: int, budget: str | None,
+        render_only: bool, cache_dir: str | None) -> None:
     """The flipped student against its fine-tuned teacher and sup_only at real sizes (resumable)."""
     from benchmarks.quality import apply_overrides
     from pipelines import _mlflow
@@ -335,6 +364,7 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], budget
     settings = Settings(encoder, loss, train, tuple(best))
     settings.student("flip_best")  # a bad --best key fails here, before any work
     store = CellStore(CELLS_FILE)
+    seeds = SEEDS[:seed_count]
     clock = Budget(parse_budget(budget) if budget else None)
     command = "python -m benchmarks.headline" + "".join(f" --best {b}" for b in best) + "".join(
         f" --set {o}" for o in overrides)
@@ -356,7 +386,7 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], budget
             epochs, teacher = chosen_teacher(store, dataset, settings.teacher)
             if stopped or teacher is None:
                 continue
-            for _, variant, seed, key in plan([dataset], settings, SEEDS, {dataset: epochs}):
+            for _, variant, seed, key in plan([dataset], settings, seeds, {dataset: epochs}):
                 if variant.startswith("teacher") or key in store:
                     continue
                 done = [c["seconds"] for k, c in store.cells.items() if k.startswith(f"{dataset}/") and "run_id" in c]
@@ -374,10 +404,11 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], budget
                    "command); RESULTS.md names them")
     labels = {d: {k: f["match"].to_numpy() for k, f in s.items()} for d, s in splits_of.items()}
     summary = summarise(store, names, settings, SEEDS, labels)
+    tried = settings_tried(store, labels)
     data = headline_json(summary, settings, command)
     SUMMARY_FILE.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    _results.write_section("headline", render(summary, command))
-    click.echo(render(summary, command))
+    _results.write_section("headline", render(summary, command) + render_tried(tried))
+    click.echo(render(summary, command) + render_tried(tried))
 
 
 if __name__ == "__main__":

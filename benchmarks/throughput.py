@@ -100,6 +100,58 @@ def train_run(pairs: TrainingPairs, dev, naive: bool, steps: int, seed: int,
             "needed_params": needed_parameters(encoder)}
 
 
+# ----------------------------------------------------------------------------------------------- train memory
+
+MEMORY_PAIRS = {"max_train": 1524, "max_dev": 600, "max_test": None}  # the size a new user tried (issue 18)
+
+
+def train_memory(quick: bool) -> dict:
+    """Peak RSS and wall time of ``python -m pipelines.train`` on 1,524 real MEDIQA pairs, as a user runs it: the
+    defaults (3 epochs), and LoRA in every block for 30 steps (its peak comes in the first steps)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    counts = {"max_train": 64, "max_dev": 32, "max_test": 32} if quick else MEMORY_PAIRS
+    splits = build("mediqa2019_rqe", DEFAULT_DATA_ROOT, **counts, seed=0, min_dev=counts["max_dev"])
+    timer = shutil.which("time") or "/usr/bin/time"
+    out: dict = {"sizes": {k: len(v) for k, v in splits.items()}}
+    with tempfile.TemporaryDirectory(prefix="flipkd-memory-") as work:
+        files = []
+        for name, frame in splits.items():
+            frame[["text_a", "text_b", "label"]].to_csv(Path(work) / f"{name}.csv", index=False)
+            files += [f"--{name}", str(Path(work) / f"{name}.csv")]
+        env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+               "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        for label, extra in (("default", []), ("every_block_30_steps", ["--lora-layers", "all", "--max-steps", "30"])):
+            started = time.perf_counter()
+            done = subprocess.run([timer, "-v", sys.executable, "-m", "pipelines.train", *files, "--no-progress",
+                                   "--experiment", "memory", "--output-dir", f"{work}/out", *extra],
+                                  cwd=work, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"train ({label}) failed:\n{done.stderr[-3000:]}")
+            peak = next(int(line.split()[-1]) for line in done.stderr.splitlines() if "Maximum resident" in line)
+            out[label] = {"peak_rss_gb": peak / 1024**2, "wall_s": time.perf_counter() - started,
+                          "command": "python -m pipelines.train --train train.csv --dev dev.csv --test test.csv"
+                                     + "".join(f" {a}" for a in extra)}
+            print(f"[memory] {label}: {out[label]}", flush=True)
+    return out
+
+
+def render_memory(r: dict) -> list[str]:
+    m = r["train_memory"]
+    sizes = "/".join(str(m["sizes"][k]) for k in ("train", "dev", "test"))
+    return ["", f"**Memory of `train` on real data** (`python -m benchmarks.throughput --parts train_memory`: MEDIQA "
+                f"pairs train/dev/test {sizes}, each run `/usr/bin/time -v`):", "",
+            "| run | peak RSS GB | wall |", "|---|---|---|",
+            *[f"| `{m[k]['command']}` | {m[k]['peak_rss_gb']:.2f} | {m[k]['wall_s']:.0f} s |"
+              for k in ("default", "every_block_30_steps") if k in m],
+            "", "Where the memory went with LoRA in every block: the backward pass keeps every block's activations "
+                "for every token of the step (30 blocks x 32 texts x up to 64 tokens, attention scores included); "
+                "with the frozen prefix cached only the top blocks keep theirs."]
+
+
 # ----------------------------------------------------------------------------------------------- LoRA depth
 
 DEPTHS = (0, 2, 4, 8, 15)  # LoRA blocks at the top; 0: every block (today's default)
@@ -348,7 +400,7 @@ def render_depth_quality(r: dict) -> list[str]:
     return lines
 
 
-PARTS = ("loop", "depth", "depth_quality")
+PARTS = ("loop", "depth", "depth_quality", "train_memory")
 
 
 def prefix_cache_summary(r: dict) -> dict:
@@ -378,7 +430,8 @@ def prefix_cache_summary(r: dict) -> dict:
               help="Precision of the default loop (the naive loop is always fp32).")
 @click.option("--parts", default=",".join(PARTS), show_default=True,
               help="Comma list of parts to measure: loop (default loop vs --naive), depth (LoRA depth and the prefix "
-                   "cache: speed, memory, cache size), depth_quality (dev F1/AP per depth; about 30 student runs); "
+                   "cache: speed, memory, cache size), depth_quality (dev F1/AP per depth; about 30 student runs), "
+                   "train_memory (peak RSS of train on 1,524 real pairs); "
                    "'none' only rewrites RESULTS.md from the stored JSON.")
 def main(steps: int, quick: bool, seed: int, precision: str, parts: str) -> None:
     """Measure training/inference throughput and MFU; write RESULTS.md and results/throughput.json."""
@@ -400,6 +453,8 @@ def main(steps: int, quick: bool, seed: int, precision: str, parts: str) -> None
         results["depth_command"] = "python -m benchmarks.throughput --parts depth"
     if "depth_quality" in chosen:
         results["depth_quality"] = measure_depth_quality(2 if quick else 3, quick)
+    if "train_memory" in chosen:
+        results["train_memory"] = train_memory(quick)
     results.update(prefix_cache_summary(results))
     print(json.dumps(results, indent=2))
     if quick:
@@ -411,6 +466,7 @@ def main(steps: int, quick: bool, seed: int, precision: str, parts: str) -> None
     lines += render_depth(results) if "depth" in results else []
     lines += render_depth_quality(results) if "depth_quality" in results else []
     lines += render_prefix_summary(results)
+    lines += render_memory(results) if "train_memory" in results else []
     write_section("throughput", "\n".join(lines))
 
 

@@ -65,3 +65,13 @@ def test_students_wait_for_every_teacher_epoch(tmp_path):
     assert chosen_teacher(store, "d", settings.teacher) == (None, None)
     summary = summarise(store, ["d"], settings, (0,), {"d": labels})["d"]
     assert "teacher_ft_e4/seed0" in summary["missing"] and "flip_full" not in summary["rows"]
+
+
+def test_settings_tried_lists_every_student_setting_by_dev_ap(tmp_path):
+    from benchmarks.headline import render_tried, settings_tried
+
+    store, _, labels = fake_store(tmp_path, with_students=True)
+    tried = settings_tried(store, {"d": labels})
+    assert set(tried) == {"flip: flip_full", "sup_only: sup_only"}
+    assert len(tried["flip: flip_full"]["d"]) == 1 and len(tried["sup_only: sup_only"]["d"]) == 2
+    assert "| flip: flip_full | " in render_tried(tried)
