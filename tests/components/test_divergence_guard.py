@@ -25,6 +25,16 @@ def test_the_reported_divergence_is_named_by_its_step_once():
     assert len(said) == 1
     step, message = said[0]
     assert 37 <= step <= 60 and message.startswith(f"step {step}: loss/mcl jumped")
+    noisy = values * np.random.default_rng(0).lognormal(0, 1, len(values))  # the same, per batch heavy-tailed
+    assert 37 <= feed(DivergenceGuard(), noisy)[0][0] <= 60
+
+
+def test_heavy_tailed_but_stationary_batches_are_not_a_divergence():
+    """L_MCL per batch on real data: mostly near 0.01, one batch in ten at 1-4 (a hard negative)."""
+    rng = np.random.default_rng(1)
+    values = np.where(rng.random(300) < 0.1, rng.uniform(1, 4, 300), rng.uniform(0.001, 0.1, 300))
+    values[:20] = 1.0  # the start level
+    assert feed(DivergenceGuard(), values) == []
 
 
 def test_grad_norm_is_watched_and_lr_and_total_are_not():
