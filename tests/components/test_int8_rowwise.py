@@ -15,12 +15,13 @@ def _calibration(enc, texts):
     return [{k: v.numpy() for k, v in enc.tokenize(texts[i:i + 8]).items()} for i in range(0, len(texts), 8)]
 
 
-# (id, smoothed, keep the down_proj MatMuls in fp32)
-CASES = [("plain", False, False), ("smoothed", True, False), ("smoothed_down_proj_fp32", True, True)]
+# (id, smoothed, keep the down_proj MatMuls in fp32, keep the MatMuls of largest calibration error in fp32)
+CASES = [("plain", False, False, 0), ("smoothed", True, False, 0), ("smoothed_down_proj_fp32", True, True, 0),
+         ("smoothed_worst_3_fp32", True, False, 3)]
 
 
-@pytest.mark.parametrize("smoothed,keep_down", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, keep_down):
+@pytest.mark.parametrize("smoothed,keep_down,worst", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, keep_down, worst):
     enc = make_encoder(tiny_lm, layer=-1, **PROMPTS["none"])
     export_onnx(enc.merged_encoder(), tmp_path / "fp32.onnx")
     graph = onnx.load(str(tmp_path / "fp32.onnx"))
@@ -30,8 +31,12 @@ def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, k
     texts = random_texts(24, seed=7)
     calibration = _calibration(enc, random_texts(16, seed=8)) if smoothed else None
     info = quantize_int8_rowwise(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration=calibration,
-                                 keep_fp32=keep)
-    assert info["quantized_matmuls"] == len(matmuls) - len(keep) > 0 and info["excluded_count"] == len(keep)
+                                 keep_fp32=keep, keep_worst=worst)
+    assert info["quantized_matmuls"] == len(matmuls) - len(keep) - worst > 0
+    assert info["excluded_count"] == len(keep) + worst and set(keep) <= set(info["excluded_nodes"])
+    if worst:  # the ones kept are those of largest error, the errors measured on every candidate
+        errors = info["largest_errors"]
+        assert info["excluded_nodes"][-worst:] == sorted(errors, key=errors.get, reverse=True)[:worst]
     assert (info["smoothing_alpha"] == 0.5) is smoothed
     quantized = onnx.load(str(tmp_path / "int8.onnx"))
     ops = [n.op_type for n in quantized.graph.node]
