@@ -236,43 +236,62 @@ def settings_text(settings: dict) -> str:
             f"{'on' if settings['batching'] else 'off'}")
 
 
+COLUMNS = {"old": "today: old settings, old model", "old_same_model": "old settings, new model",
+           "new": "new settings, new model"}
+
+
 def write_results(record: dict, output: Path) -> None:
     """``output`` (JSON) and the ``serving_load`` section of ``benchmarks/RESULTS.md``."""
     from benchmarks import _results
 
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    old, new = record["old"], record["new"]
+    columns = [record[k] for k in COLUMNS if k in record]
     mix = ", ".join(f"{k} {v}" for k, v in sorted(record["mix"].items()))
 
-    def row(label: str, key: str, fmt: str = ".1f") -> str:
-        return f"| {label} | {old[key]:{fmt}} | {new[key]:{fmt}} |"
+    def row(label: str, cell) -> str:
+        return f"| {label} | " + " | ".join(cell(c) for c in columns) + " |"
 
+    old_uri = record["old"]["model_uri"]
+    command = (f"python -m benchmarks.serving_load --requests {record['requests']} --concurrency "
+               f"{record['concurrency']} --model-uri {record['model_uri']}"
+               + (f" --old-model-uri {old_uri}" if old_uri != record["model_uri"] else ""))
+    ratios = [f"new / old requests/s: **{record['new_requests_per_s'] / record['old_requests_per_s']:.2f}x**"]
+    if "old_same_model" in record:
+        ratios.append(f"new settings / today's settings on the same model: "
+                      f"{record['new_requests_per_s'] / record['old_settings_same_model_requests_per_s']:.2f}x")
     _results.write_section("serving_load", "\n".join([
-        f"Command: `python -m benchmarks.serving_load --requests {record['requests']} --concurrency "
-        f"{record['concurrency']} --model-uri {record['model_uri']}` (`mlflow models serve --env-manager local` of the "
-        f"{record.get('served_engine') or 'exported'} model, started twice in one run: today's settings, then the new "
-        f"ones; {record['cpu_count']} CPUs, CPU flags {' '.join(record.get('cpu_flags', [])) or 'unknown'}; urllib "
+        f"Command: `{command}` (`mlflow models serve --env-manager local`, started once per column in one run; "
+        f"{record['cpu_count']} CPUs, CPU flags {' '.join(record.get('cpu_flags', [])) or 'unknown'}; urllib "
         f"clients on the same machine, one connection per request).",
         "",
-        "| figure | old settings | new settings |", "|---|---|---|",
-        f"| settings | {settings_text(old['settings'])} | {settings_text(new['settings'])} |",
-        f"| requests (mix) | {record['requests']} ({mix}) | the same |",
-        row("errors", "errors", "d"),
-        row("throughput, requests/s", "throughput_rps"),
-        f"| latency p50 / p90 / p99 / max, ms | {old['p50_ms']:.1f} / {old['p90_ms']:.1f} / {old['p99_ms']:.1f} / "
-        f"{old['max_ms']:.1f} | {new['p50_ms']:.1f} / {new['p90_ms']:.1f} / {new['p99_ms']:.1f} / "
-        f"{new['max_ms']:.1f} |",
-        f"| server RSS after start-up / after the load / peak, MB | {old['rss_before_mb']:.0f} / "
-        f"{old['rss_after_mb']:.0f} / {old['rss_peak_mb']:.0f} | {new['rss_before_mb']:.0f} / "
-        f"{new['rss_after_mb']:.0f} / {new['rss_peak_mb']:.0f} |",
+        "| figure | " + " | ".join(("old settings, same model" if key == "old" and "old_same_model" not in record
+                                    else label) for key, label in COLUMNS.items() if key in record) + " |",
+        "|---|" + "---|" * len(columns),
+        row("serve settings", lambda c: settings_text(c["settings"])),
+        row("served engine (model)", lambda c: f"{c.get('served_engine') or '-'} (`{c['model_uri']}`)"),
+        f"| requests (mix) | {record['requests']} ({mix}) |" + " the same |" * (len(columns) - 1),
+        row("errors", lambda c: str(c["errors"])),
+        row("throughput, requests/s", lambda c: f"{c['throughput_rps']:.1f}"),
+        row("latency p50 / p90 / p99 / max, ms",
+            lambda c: f"{c['p50_ms']:.1f} / {c['p90_ms']:.1f} / {c['p99_ms']:.1f} / {c['max_ms']:.1f}"),
+        row("server RSS after start-up / after the load / peak, MB",
+            lambda c: f"{c['rss_before_mb']:.0f} / {c['rss_after_mb']:.0f} / {c['rss_peak_mb']:.0f}"),
         "",
-        f"New / old requests/s: **{record['new_requests_per_s'] / record['old_requests_per_s']:.2f}x**. "
-        f"FAQ queries in the mix: {'yes' if record['faq'] else 'no (the model has no FAQ)'}.",
+        "; ".join(ratios) + f". FAQ queries in the mix: {'yes' if record['faq'] else 'no (the model has no FAQ)'}.",
     ]))
 
 
 # ------------------------------------------------------------------------------------------ command
+
+
+def _served_engine(mlflow, uri: str) -> str | None:
+    """The engine an export logged for the model at ``uri`` (None for a model without the tag)."""
+    try:
+        info = mlflow.models.get_model_info(uri)
+    except Exception as err:  # any failure here means there is no model to serve
+        raise click.ClickException(f"cannot resolve {uri} in {mlflow.get_tracking_uri()}: {str(err)[:300]}") from None
+    return mlflow.MlflowClient().get_run(info.run_id).data.tags.get("flipkd.served_engine") if info.run_id else None
 
 
 def _demo_texts() -> list[str]:
@@ -297,11 +316,16 @@ OLD_SETTINGS = {"workers": 1, "threads": 1, "batching": False}  # the serve sett
 @click.option("--batching/--no-batching", default=True, show_default=True,
               help="New settings: concurrent requests share ONNX Runtime runs ($FLIPKD_BATCH_REQUESTS).")
 @click.option("--only-new", is_flag=True, help="Measure the new settings alone (a trial; nothing written).")
+@click.option("--old-model-uri", default=None,
+              help="The model today's settings serve (default: --model-uri), e.g. one exported with --serve "
+                   "int8_blockwise, the engine export served before; then today's settings are also measured on "
+                   "--model-uri.")
 @click.option("--budget", type=click.FloatRange(min=1), default=900.0, show_default=True,
               help="Seconds per setting after which no new request is started (the rest count as errors).")
 @click.option("--quick", is_flag=True, help="A functional check: 100 requests, nothing written.")
 @click.option("--output", type=click.Path(dir_okay=False), default=str(RESULTS), show_default=True)
-def cli(n_requests, concurrency, model_uri, workers, threads, batching, only_new, budget, quick, output) -> dict:
+def cli(n_requests, concurrency, model_uri, workers, threads, batching, only_new, old_model_uri, budget, quick,
+        output) -> dict:
     """Throughput, latency and server memory of `mlflow models serve` under concurrent load, today's serve settings
     against the new ones in one run."""
     import mlflow
@@ -313,30 +337,28 @@ def cli(n_requests, concurrency, model_uri, workers, threads, batching, only_new
         n_requests, budget = min(n_requests, 100), min(budget, 120.0)
     _mlflow.setup_tracking(None)
     os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())  # the server resolves the same URI
-    try:
-        info = mlflow.models.get_model_info(model_uri)
-    except Exception as err:  # any failure here means there is no model to serve
-        raise click.ClickException(f"cannot resolve --model-uri {model_uri} in {mlflow.get_tracking_uri()}: "
-                                   f"{str(err)[:300]}") from None
-    served_engine = None
-    if info.run_id:
-        served_engine = mlflow.MlflowClient().get_run(info.run_id).data.tags.get("flipkd.served_engine")
+    old_model_uri = old_model_uri or model_uri
+    engines = {uri: _served_engine(mlflow, uri) for uri in dict.fromkeys([model_uri, old_model_uri])}
+    served_engine = engines[model_uri]
     texts = _demo_texts()
-    settings = {"new": {"workers": workers, "threads": threads, "batching": batching}}
+    new_settings = {"workers": workers, "threads": threads, "batching": batching}
+    settings = {"new": (model_uri, new_settings)}
     if not only_new:
-        settings = {"old": OLD_SETTINGS, **settings}
+        settings = {"old": (old_model_uri, OLD_SETTINGS), **settings}
+        if old_model_uri != model_uri:
+            settings = {**settings, "old_same_model": (model_uri, OLD_SETTINGS)}
     measured: dict[str, dict] = {}
     faq = True
     with tempfile.TemporaryDirectory(prefix="flipkd-serving-load-") as tmp:
-        for name, setting in settings.items():
-            with serve(model_uri, setting["threads"], Path(tmp) / f"serve_{name}.log", workers=setting["workers"],
+        for name, (uri, setting) in settings.items():
+            with serve(uri, setting["threads"], Path(tmp) / f"serve_{name}.log", workers=setting["workers"],
                        batching=setting["batching"]) as port:
                 faq = has_faq(port, texts[0])
                 mix = payload_mix(texts, queries=faq)
                 figures = measure(port, mix, n_requests, concurrency, budget)
             measured[name] = {**{k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()},
-                              "settings": setting}
-            click.echo(f"{name} settings ({settings_text(setting)}): {summary(figures)}")
+                              "settings": setting, "model_uri": uri, "served_engine": engines[uri]}
+            click.echo(f"{name} ({settings_text(setting)}; {uri}, {engines[uri]}): {summary(figures)}")
             for sample in figures["error_samples"]:
                 click.echo(f"error: {sample}", err=True)
     if not faq:
@@ -350,6 +372,10 @@ def cli(n_requests, concurrency, model_uri, workers, threads, batching, only_new
     if "old" in measured:
         record.update(old=measured["old"], old_requests_per_s=measured["old"]["throughput_rps"])
         click.echo(f"new / old requests/s: {new['throughput_rps'] / measured['old']['throughput_rps']:.2f}x")
+    if "old_same_model" in measured:
+        same = measured["old_same_model"]
+        record.update(old_same_model=same, old_settings_same_model_requests_per_s=same["throughput_rps"])
+        click.echo(f"new / today's settings on the same model: {new['throughput_rps'] / same['throughput_rps']:.2f}x")
     if quick or only_new:
         click.echo("--quick / --only-new: results not written")
     else:
