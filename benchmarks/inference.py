@@ -112,7 +112,7 @@ def _post(port: int, payload: dict) -> dict:
 
 
 @contextlib.contextmanager
-def serve(model_path: Path | str, threads: int, log_path: Path, workers: int = 1, batching: bool = True):
+def serve(model_path: Path | str, threads: int, log_path: Path, workers: int = 1, batching: bool = False):
     """``mlflow models serve`` on 127.0.0.1 with ``workers`` uvicorn processes of ``threads`` ONNX Runtime threads
     each, request batching on or off (bounded wait for /ping); the process group is stopped on exit."""
     port = _free_port()

@@ -3,8 +3,11 @@
     python -m benchmarks.serving_load [--requests 2000] [--concurrency 8] [--model-uri models:/flipkd@champion]
     python -m benchmarks.serving_load --quick --model-uri runs:/RUN_ID/model
 
-In one run, twice: with today's serve settings (1 worker, 1 ONNX Runtime thread, no request batching) and with
-the new ones (``--workers``, ``--threads``, ``--batching``; default 2 workers x 1 thread, batching on), it starts
+In one run it serves today's serving and the new one: today's serve settings (1 worker, 1 ONNX Runtime thread,
+no request batching) on ``--old-model-uri`` (e.g. a model exported with ``--serve int8_blockwise``, the engine
+export served before; default ``--model-uri``), then the new settings (``--workers``, ``--threads``,
+``--batching``; by default the same settings, which measured fastest here) on ``--model-uri``, and, when both
+differ, today's settings on ``--model-uri`` too. For each it starts
 ``mlflow models serve --env-manager local`` on 127.0.0.1 for ``--model-uri`` (a ``models:/`` or logged
 model URI of the tracking store in ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``), then sends
 ``--requests`` requests from ``--concurrency`` client threads (urllib, one connection per request): a fixed
@@ -309,11 +312,11 @@ OLD_SETTINGS = {"workers": 1, "threads": 1, "batching": False}  # the serve sett
 @click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True, help="Client threads.")
 @click.option("--model-uri", default=DEFAULT_MODEL_URI, show_default=True,
               help="The served model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/model or models:/m-ID.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="New settings: uvicorn worker processes (mlflow models serve -w).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="New settings: ONNX Runtime intra-op threads per worker ($FLIPKD_ONNX_THREADS).")
-@click.option("--batching/--no-batching", default=True, show_default=True,
+@click.option("--batching/--no-batching", default=False, show_default=True,
               help="New settings: concurrent requests share ONNX Runtime runs ($FLIPKD_BATCH_REQUESTS).")
 @click.option("--only-new", is_flag=True, help="Measure the new settings alone (a trial; nothing written).")
 @click.option("--old-model-uri", default=None,
@@ -345,7 +348,7 @@ def cli(n_requests, concurrency, model_uri, workers, threads, batching, only_new
     settings = {"new": (model_uri, new_settings)}
     if not only_new:
         settings = {"old": (old_model_uri, OLD_SETTINGS), **settings}
-        if old_model_uri != model_uri:
+        if old_model_uri != model_uri and new_settings != OLD_SETTINGS:
             settings = {**settings, "old_same_model": (model_uri, OLD_SETTINGS)}
     measured: dict[str, dict] = {}
     faq = True

@@ -221,8 +221,10 @@ class FlipKDOnnxModel(mlflow.pyfunc.PythonModel):
         verify_checksums(folder)
         self.encoder = OnnxTextEncoder(folder)
         self.config = self.encoder.config
-        # concurrent requests share ONNX Runtime runs unless $FLIPKD_BATCH_REQUESTS is 0 (serving/request_batcher.py)
-        batching = os.environ.get(BATCHING_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+        # $FLIPKD_BATCH_REQUESTS=1: concurrent requests share ONNX Runtime runs (serving/request_batcher.py). Off by
+        # default: MLflow's server runs each request in a thread and ONNX Runtime releases the GIL, so one worker with
+        # one thread per run already keeps 2 cores busy, and sharing runs serialised them (README, Serve settings)
+        batching = os.environ.get(BATCHING_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
         self.encode = RequestBatcher(self.encoder.encode).encode if batching else self.encoder.encode
         self.faq_ids: list[str] = []
         self.faq_texts: list[str] = []
