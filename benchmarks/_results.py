@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-README_MD = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent  # README.md and docs/*.md quote sections between markers
 HEADER = "# flipkd benchmark results\n\nEach section is written by the benchmark named in it; do not edit by hand.\n"
 
 
@@ -24,16 +24,22 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def quoting_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def write_section(name: str, body: str) -> None:
-    """Rewrite section ``name`` of RESULTS.md, and its quote in the README where the README has one."""
+    """Rewrite section ``name`` of RESULTS.md, and its quote wherever the README or a page of docs/ has one."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.exists() else HEADER
     block = f"{start}\n## {name}\n\n{body.strip()}\n{end}"
     updated = _replace_between(text, start, end, block)
     _write_atomically(RESULTS_MD, updated if updated is not None else text.rstrip("\n") + "\n\n" + block + "\n")
-    if README_MD.exists():
-        readme = README_MD.read_text(encoding="utf-8")
-        quoted = _replace_between(readme, f"<!-- quote:{name} -->", f"<!-- /quote:{name} -->",
+    for path in quoting_files():
+        if not path.exists():
+            continue
+        page = path.read_text(encoding="utf-8")
+        quoted = _replace_between(page, f"<!-- quote:{name} -->", f"<!-- /quote:{name} -->",
                                   f"<!-- quote:{name} -->\n{body.strip()}\n<!-- /quote:{name} -->")
-        if quoted is not None and quoted != readme:
-            _write_atomically(README_MD, quoted)
+        if quoted is not None and quoted != page:
+            _write_atomically(path, quoted)

@@ -52,6 +52,7 @@ BANKING_POOL_FACTOR = 8  # utterances drawn per split = factor x pairs wanted (t
 MEDIQA_FILES = {"train": "MEDIQA2019-Task2-RQE-TrainingSet-AMIA2016.xml",
                 "dev": "MEDIQA2019-Task2-RQE-ValidationSet-AMIA2016.xml",
                 "test": "MEDIQA2019-Task2-RQE-TestSet-wLabels.xml"}
+MEDIQA_VALIDATION_PAIRS = 295  # usable pairs of the validation file (duplicates dropped)
 STS_FILES = {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.csv"}
 BANKING_FILES = {"train": "train.csv", "test": "test.csv"}
 
@@ -85,6 +86,23 @@ def canonical(rows: Sequence[tuple], *, graded: bool, source: str, extra: Sequen
     frame = frame[[*CANONICAL_COLUMNS, *extra]]
     frame.attrs.update({"graded": graded, "source": source})
     return frame
+
+
+def text_components(frame: pd.DataFrame) -> pd.Series:
+    """Per pair, the id of its group: pairs that share a text, directly or through other pairs, share a group."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(frame["text_a"], frame["text_b"], strict=True):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[ra] = rb
+    return pd.Series([root(a) for a in frame["text_a"]], index=frame.index)
 
 
 def texts_of(frame: pd.DataFrame) -> set[str]:
@@ -339,12 +357,32 @@ def read_mediqa_xml(path: Path, max_chars: int = MAX_CHARS) -> list[tuple]:
 
 
 def build_mediqa2019_rqe(root: str | Path, *, max_train: int | None = None, max_dev: int | None = None,
-                         max_test: int | None = None, seed: int = 0, max_chars: int = MAX_CHARS) -> Splits:
-    """MEDIQA 2019 RQE: consumer health question (text_a) vs FAQ question (text_b); value="true" matches."""
+                         max_test: int | None = None, seed: int = 0, max_chars: int = MAX_CHARS,
+                         dev_from_train: int = 0) -> Splits:
+    """MEDIQA 2019 RQE: consumer health question (text_a) vs FAQ question (text_b); value="true" matches.
+
+    The validation file has 295 usable pairs; ``dev_from_train`` > 0 adds at least that many training pairs to dev,
+    for a dev split large enough to choose settings on. They are whole groups of pairs linked by shared texts
+    (:func:`text_components`, drawn with ``seed``), never from the one group that holds most of the training file
+    (its FAQ questions recur across thousands of pairs), so no training pair loses a text to dev.
+    """
     folder = Path(root) / "mediqa2019_rqe"
     _require(folder, list(MEDIQA_FILES.values()))
     splits = {name: canonical(read_mediqa_xml(folder / file, max_chars), graded=False, source=str(folder / file))
               for name, file in MEDIQA_FILES.items()}
+    if dev_from_train > 0:
+        train, dev = splits["train"], splits["dev"]
+        group = text_components(train)
+        counts = group.value_counts()
+        small = [g for g in counts.index if g != counts.index[0]]  # the largest holds most texts: never moved
+        np.random.default_rng(seed + 7).shuffle(small)
+        taken = small[: int(np.searchsorted(np.cumsum(counts[small].to_numpy()), dev_from_train)) + 1]
+        moved = group.isin(set(taken)).to_numpy()
+        attrs = {**dev.attrs, "source": f"{dev.attrs['source']} + {int(moved.sum())} pairs of {train.attrs['source']}"}
+        splits["dev"] = pd.concat([dev, train[moved]], ignore_index=True)
+        splits["dev"].attrs.update(attrs)
+        splits["train"] = train[~moved].reset_index(drop=True)
+        splits["train"].attrs.update(train.attrs)
     return finish(splits, _counts(max_train, max_dev, max_test), seed)
 
 
@@ -395,11 +433,14 @@ BUILDERS: dict[str, Callable[..., Splits]] = {
 
 
 def build(name: str, root: str | Path, *, max_train: int | None, max_dev: int | None, max_test: int | None,
-          seed: int = 0, embed: Embed | None = None) -> Splits:
-    """One dataset by name; ``embed`` is used by banking77 only."""
+          seed: int = 0, embed: Embed | None = None, min_dev: int = 0) -> Splits:
+    """One dataset by name; ``embed`` is used by banking77 only. ``min_dev``: MEDIQA's dev is grown from the
+    training file to at least this many pairs (the others have larger dev splits)."""
     if name not in BUILDERS:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     kwargs = {"max_train": max_train, "max_dev": max_dev, "max_test": max_test, "seed": seed}
     if name == "banking77":
         kwargs["embed"] = embed
+    if name == "mediqa2019_rqe" and min_dev > MEDIQA_VALIDATION_PAIRS:
+        kwargs["dev_from_train"] = min_dev - MEDIQA_VALIDATION_PAIRS
     return BUILDERS[name](root, **kwargs)

@@ -353,21 +353,26 @@ def _duration(seconds: float) -> str:
 # ----------------------------------------------------------------------------------------------- runs
 
 
-def _teacher_scorer(path: str | Path, plan: Plan):
+def teacher_scorer(path: str | Path, cache_dir: str | None, progress: bool = False):
     from components.teacher import TeacherScorer
 
-    return TeacherScorer(path, cache=cache_root(plan.cache_dir) / "teacher_embeddings", show_progress=plan.progress)
+    return TeacherScorer(path, cache=cache_root(cache_dir) / "teacher_embeddings", show_progress=progress)
 
 
-def finetuned_teacher(dataset: str, splits: dict, plan: Plan) -> tuple[Path, dict[str, Any]]:
+def _teacher_scorer(path: str | Path, plan: Plan):
+    return teacher_scorer(path, plan.cache_dir, plan.progress)
+
+
+def finetune_cached(dataset: str, splits: dict, teacher: str, config: TeacherFinetuneConfig, cache_dir: str | None,
+                    progress: bool = False) -> tuple[Path, dict[str, Any]]:
     """The teacher fine-tuned on this train split: cached by (base teacher, train data, config); reused if there."""
     from components.teacher_finetune import finetune_teacher
 
-    base = resolve_teacher(plan.teacher)
-    config = dataclasses.replace(plan.teacher_finetune)
+    base = resolve_teacher(teacher)
+    config = dataclasses.replace(config)
     key = hashlib.sha256(json.dumps([model_fingerprint(base), fingerprint(splits["train"]),
                                      dataclasses.asdict(config)], sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_root(plan.cache_dir) / "benchmark_teachers" / f"{dataset}-{key}"
+    folder = cache_root(cache_dir) / "benchmark_teachers" / f"{dataset}-{key}"
     info_file = folder.with_name(folder.name + ".json")
     if folder.is_dir() and info_file.is_file():
         info = json.loads(info_file.read_text(encoding="utf-8"))
@@ -375,13 +380,17 @@ def finetuned_teacher(dataset: str, splits: dict, plan: Plan) -> tuple[Path, dic
         return folder, {**info, "reused": True}
     click.echo(f"[{dataset}] fine-tuning the teacher on {len(splits['train'])} train pairs ...")
     started = time.perf_counter()
-    finetune_teacher(base, splits["train"], folder, config, show_progress=plan.progress, overwrite=True,
+    finetune_teacher(base, splits["train"], folder, config, show_progress=progress, overwrite=True,
                      log_fn=lambda step, m: mlflow.log_metrics({f"{dataset}/teacher_finetune/{k}": v
                                                                 for k, v in m.items()}, step=step))
     info = {"finetune_seconds": time.perf_counter() - started, "train_pairs": len(splits["train"]),
-            "config": dataclasses.asdict(config), "base": str(plan.teacher), "folder": str(folder)}
+            "config": dataclasses.asdict(config), "base": str(teacher), "folder": str(folder)}
     info_file.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return folder, {**info, "reused": False}
+
+
+def finetuned_teacher(dataset: str, splits: dict, plan: Plan) -> tuple[Path, dict[str, Any]]:
+    return finetune_cached(dataset, splits, plan.teacher, plan.teacher_finetune, plan.cache_dir, plan.progress)
 
 
 def run_teacher(splits: dict, teacher: str | Path, model_name: str, plan: Plan) -> dict[str, float]:
@@ -475,7 +484,8 @@ def run_cell(dataset: str, splits: dict, variant: Variant, seed: int, plan: Plan
             metrics = run_trained(splits, variant, seed, teacher_dir, plan)
         record.update({
             "f1": _finite(metrics["test_f1"]), "average_precision": _finite(metrics["test_average_precision"]),
-            "dev_f1": _finite(metrics["dev_f1"]), "threshold": _finite(metrics.get("dev_threshold")),
+            "dev_f1": _finite(metrics["dev_f1"]), "dev_ap": _finite(metrics.get("dev_average_precision")),
+            "threshold": _finite(metrics.get("dev_threshold")),
             "precision": _finite(metrics.get("test_precision")), "recall": _finite(metrics.get("test_recall")),
             "roc_auc": _finite(metrics.get("test_roc_auc")),
         })
@@ -511,6 +521,7 @@ def summarise(records: list[dict[str, Any]], variant: Variant, plan: Plan, paren
 
     entry: dict[str, Any] = {"kind": variant.kind, "description": variant.description}
     for key, name in (("f1", "f1"), ("average_precision", "ap"), ("spearman", "spearman"), ("dev_f1", "dev_f1"),
+                      ("dev_ap", "dev_ap"),
                       ("train_seconds", "train_seconds"), ("train_pairs_per_s", "train_pairs_per_s"),
                       ("filter_fraction_dropped", "filter_fraction_dropped"),
                       ("filter_fraction_flagged", "filter_fraction_flagged"),
@@ -752,7 +763,7 @@ def run(plan: Plan, dry_run: bool = False) -> dict[str, Any]:
     todo = sum(len(plan.seeds) if VARIANTS[v].kind != "teacher" else 1 for v in plan.variants) * len(plan.datasets)
     done = 0
     with _mlflow.run("quality", plan.experiment) as parent:
-        parent_id = parent.info.run_id
+        parent_id, experiment = parent.info.run_id, _mlflow.experiment_name(parent)  # mlflow run may file it elsewhere
         mlflow.set_tag("flipkd.benchmark", "quality")
         # prefixed: under `mlflow run` the entry point's own parameters (e.g. seeds) are already logged
         _mlflow.log_params({k: v for k, v in plan.settings().items() if k != "assumed_throughput"},
@@ -788,7 +799,7 @@ def run(plan: Plan, dry_run: bool = False) -> dict[str, Any]:
                 if teacher_info:
                     cell["teacher_finetune"] = {k: v for k, v in teacher_info.items() if k != "folder"}
                 results["settings"] = {**plan.settings(), "settings_hash": plan.settings_hash(),
-                                       "parent_run_id": parent_id, "experiment": plan.experiment,
+                                       "parent_run_id": parent_id, "experiment": experiment,
                                        "estimated_seconds": estimate["total"],
                                        "wall_seconds": time.perf_counter() - started,
                                        "git_commit": commit, "threads": _threads(),
@@ -811,7 +822,7 @@ def run(plan: Plan, dry_run: bool = False) -> dict[str, Any]:
         _results.write_section("quality", markdown)
         click.echo(f"results in {out_file} and the quality section of {_results.RESULTS_MD}")
     click.echo(f"quality benchmark finished in {_duration(wall)} (estimated {_duration(estimate['total'])}); "
-               f"MLflow experiment {plan.experiment!r}, parent run {parent_id}")
+               f"MLflow experiment {experiment!r}, parent run {parent_id}")
     return results
 
 

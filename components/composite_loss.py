@@ -71,9 +71,10 @@ class FlipKDLoss(nn.Module):
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
                 keep: torch.Tensor | None = None, label_logprobs: torch.Tensor | None = None,
-                labelled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                labelled: torch.Tensor | None = None, teacher_weight: float = 1.0) -> dict[str, torch.Tensor]:
         """``labelled`` marks the rows with a gold label (default all); only those reach L_sup, and
-        ``label_logprobs`` holds one row per labelled pair."""
+        ``label_logprobs`` holds one row per labelled pair. ``teacher_weight`` scales w_dist and w_mcl (a warm-up
+        ramp); the parts are returned unscaled."""
         cosine = cosine_matrix(z_a.float(), z_b.float())
         teacher = teacher.to(cosine.dtype)
         labels = torch.as_tensor(labels, dtype=cosine.dtype)
@@ -85,8 +86,9 @@ class FlipKDLoss(nn.Module):
             else:
                 parts["sup"] = cosine.sum() * 0.0
         if "dist" in self.config.parts:
-            parts["dist"] = self.dist.compute_loss_from_cosine(cosine, teacher, keep)
+            parts["dist"] = self.dist.compute_loss_from_cosine(cosine, teacher, keep, self.sup.head)
         if "mcl" in self.config.parts:
             parts["mcl"] = self.mcl.compute_loss_from_cosine(cosine, teacher, labels, keep)
-        total = sum(self.weights[name] * value for name, value in parts.items())
+        total = sum(self.weights[name] * (1.0 if name == "sup" else teacher_weight) * value
+                    for name, value in parts.items())
         return {"total": total, **parts}

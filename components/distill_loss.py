@@ -4,17 +4,25 @@ Over the kept entries E (the diagonal pairs the noise filter kept, and every off
 
     mse (default):  L_dist = mean_{(i,j) in E} ((S_ij + 1) / 2 - T_ij)^2
     kl (option):    L_dist = mean_i KL( softmax_E(T_i / tau_t) || softmax_E(S_i / tau) )
+    prob (option):  L_dist = mean_{(i,j) in E} KL( Bern(T_ij) || Bern(sigmoid(head(S_ij))) )
 
 where S is the student cosine matrix and T the teacher score matrix in [0, 1]; in ``kl`` mode each
-row's softmax runs over that row's kept entries only. Zero (not NaN) when nothing is kept.
+row's softmax runs over that row's kept entries only. ``prob`` compares probabilities of a match: the
+student's through a calibration ``head`` (L_sup's learned ``scale * s + bias``), the teacher's Platt-calibrated
+one. Why it exists: in ``mse`` mode a pair the teacher calls unrelated (T near 0) asks for a cosine near -1,
+which no more than two vectors can have with each other; on real data most in-batch pairs are such pairs, so
+the term stays near 0.25 and pushes every off-diagonal cosine down at every step. Through the head, T near 0 asks
+only for a low probability, which any cosine below the head's threshold gives. Zero (not NaN) when nothing is
+kept.
 
 Args:
-    mode: ``mse`` or ``kl``.
+    mode: ``mse``, ``kl`` or ``prob``.
     temperature: tau for the student logits in ``kl`` mode (0.05).
     teacher_temperature: tau_t for the teacher scores in ``kl`` mode (0.05).
 
 Inputs:
-    z_a, z_b: float [N, d]; teacher: float [N, N] in [0, 1]; keep: optional bool [N].
+    z_a, z_b: float [N, d]; teacher: float [N, N] in [0, 1]; keep: optional bool [N];
+    head (``prob`` only): a callable mapping cosines to logits.
 
 Example:
     >>> import torch
@@ -26,13 +34,15 @@ Example:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from components.similarity import cosine_matrix
 
-DISTILL_MODES = ("mse", "kl")
+DISTILL_MODES = ("mse", "kl", "prob")
 
 
 def kept_entries(n: int, keep: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -56,11 +66,13 @@ class DistillationLoss(nn.Module):
         return {"mode": self.mode, "temperature": self.temperature, "teacher_temperature": self.teacher_temperature}
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, teacher: torch.Tensor,
-                keep: torch.Tensor | None = None) -> torch.Tensor:
-        return self.compute_loss_from_cosine(cosine_matrix(z_a, z_b), teacher, keep)
+                keep: torch.Tensor | None = None, head: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        return self.compute_loss_from_cosine(cosine_matrix(z_a, z_b), teacher, keep, head)
 
     def compute_loss_from_cosine(self, cosine: torch.Tensor, teacher: torch.Tensor,
-                                 keep: torch.Tensor | None = None) -> torch.Tensor:
+                                 keep: torch.Tensor | None = None,
+                                 head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         teacher = teacher.to(cosine.dtype)
         entries = kept_entries(cosine.shape[0], keep, cosine.device)
         if not bool(entries.any()):
@@ -69,6 +81,12 @@ class DistillationLoss(nn.Module):
             return cosine.sum() * 0.0
         if self.mode == "mse":
             return (((cosine + 1.0) / 2.0 - teacher)[entries] ** 2).mean()
+        if self.mode == "prob":
+            if head is None:
+                raise ValueError("distill mode 'prob' needs the calibration head (L_sup's scale and bias)")
+            logits, target = head(cosine[entries]), teacher[entries].clamp(0.0, 1.0)
+            entropy = F.binary_cross_entropy(target, target, reduction="none")  # H(T): KL = BCE - H(T)
+            return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") - entropy).mean()
         rows = entries.any(dim=1)
         student_logp = torch.log_softmax(cosine.masked_fill(~entries, -torch.inf) / self.temperature, dim=1)
         teacher_logp = torch.log_softmax(teacher.masked_fill(~entries, -torch.inf) / self.teacher_temperature, dim=1)

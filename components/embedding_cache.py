@@ -27,7 +27,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,34 @@ def _checksum(keys: np.ndarray, embeddings: np.ndarray) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(keys).tobytes())
     digest.update(np.ascontiguousarray(embeddings).tobytes())
     return digest.hexdigest()
+
+
+def write_shard(folder: Path, save: Callable[[Path], None]) -> Path:
+    """A new uniquely named shard in ``folder``, written by ``save(temporary path)``, fsynced and renamed into
+    place: a kill leaves at most a ``.tmp-*`` file, never a partial shard (shared by the prefix cache)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.safetensors"
+    temp = folder / f".tmp-{os.getpid()}-{name}"
+    try:
+        save(temp)
+        with open(temp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, folder / name)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return folder / name
+
+
+def clean_stale_temps(folder: Path) -> None:
+    """Remove temporary files of writes killed more than an hour ago."""
+    now = time.time()
+    for temp in folder.glob(".tmp-*"):
+        try:
+            if now - temp.stat().st_mtime > STALE_TEMP_SECONDS:
+                temp.unlink()
+        except OSError:
+            pass
 
 
 class CorruptShardError(ValueError):
@@ -125,7 +153,7 @@ class EmbeddingCache:
         self._rows, self._shards = {}, []
         if not self.folder.is_dir():
             return self._rows
-        self._clean_stale_temps()
+        clean_stale_temps(self.folder)
         for path in sorted(self.folder.glob(SHARD_GLOB)):
             try:
                 keys, embeddings = self._read_shard(path)
@@ -143,14 +171,6 @@ class EmbeddingCache:
             self._shards.append(path)
         return self._rows
 
-    def _clean_stale_temps(self) -> None:
-        now = time.time()
-        for temp in self.folder.glob(".tmp-*"):
-            try:
-                if now - temp.stat().st_mtime > STALE_TEMP_SECONDS:
-                    temp.unlink()
-            except OSError:
-                pass
 
     def get_many(self, texts: Sequence[str]) -> dict[int, np.ndarray]:
         """Look texts up. Returns ``{position in texts: float32 [d] embedding}`` for the hits only.
@@ -203,20 +223,10 @@ class EmbeddingCache:
             self.compact()
 
     def _write_shard(self, keys: np.ndarray, embeddings: np.ndarray) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.safetensors"
-        temp = self.folder / f".tmp-{os.getpid()}-{name}"
         meta = {"format": SHARD_FORMAT, "rows": str(len(keys)), "dim": str(embeddings.shape[1]),
                 "model_fingerprint": self.model_fingerprint, "checksum": _checksum(keys, embeddings)}
-        try:
-            save_file({"keys": keys, "embeddings": embeddings}, temp, metadata=meta)
-            with open(temp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(temp, self.folder / name)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        return self.folder / name
+        return write_shard(self.folder, lambda temp: save_file({"keys": keys, "embeddings": embeddings}, temp,
+                                                               metadata=meta))
 
     def compact(self) -> None:
         """Merge every shard into one (the new shard is written before the old ones are deleted)."""

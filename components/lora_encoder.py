@@ -38,8 +38,10 @@ from tqdm.auto import tqdm
 
 from components.checksums import CHECKSUM_FILE, verify_checksums, write_checksums  # noqa: F401
 from components.lora_dropout import DROPOUT_SITES, install_lora_dropout, masks_by_token
+from components.models import base_model_record
 from components.packing import pack, padded_token_index
 from components.pooling import POOLING_MODES, pool_normalized
+from components.prefix_cache import FrozenPrefix, PrefixStore
 
 ENCODER_FILE = "flipkd_encoder.json"
 ADAPTER_NAME = "default"
@@ -54,6 +56,7 @@ PROMPTS: dict[str, dict[str, str | bool]] = {
     "prompteol": {"instruction": 'This sentence : "', "suffix": '" means in one word:"', "append_eos": False},
 }
 DEFAULT_PROMPT = "prompteol"
+READOUTS = ("lora_a", "hidden")
 
 
 @dataclass
@@ -62,12 +65,24 @@ class EncoderConfig:
 
     rank: int = 32
     alpha: float = 64.0
+    # rank of the readout module alone (PEFT rank_pattern; 0: ``rank``): z has this many dimensions. The paper's
+    # rank 256 at 0.5B makes a 256-d z; a small rank everywhere else keeps the other updates cheap. Its alpha scales
+    # with it, so alpha / r stays the same.
+    readout_rank: int = 0
+    # "lora_a": z = A x at the readout module (METHOD.md); "hidden": z = x itself, the readout module's input (the
+    # block's normed hidden state, as wide as the model), an option beside the A-encoder reading
+    readout: str = "lora_a"
     # 0.05 learned better on the demo than 0 (README, "Defaults"); its masks are drawn cheaply (components.lora_dropout)
     dropout: float = 0.05
     # "input": PEFT's place, a mask over each module's input x (hidden size wide) before A;
     # "bottleneck": the mask is applied to A x (rank wide) instead.
     dropout_site: str = "input"
     target_modules: str | list[str] = "all-linear"
+    # LoRA only in the top ``lora_layers`` blocks ending at the representation block (0: every block, METHOD.md's
+    # reading). The blocks below are then frozen and their output is cached per text (components.prefix_cache).
+    # 4: about 10x the training pairs/s of every block on a warm cache, and on dev (banking77, STS-B, 3 seeds each)
+    # F1 within one seed std of every block or above it (benchmarks/RESULTS.md, throughput; docs/defaults.md).
+    lora_layers: int = 4
     layer: int = -1
     module: str = "q_proj"
     pooling: str = "last"
@@ -97,6 +112,12 @@ class EncoderConfig:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.readout_rank < 0:
+            raise ValueError(f"readout_rank must be >= 0 (0: the LoRA rank), got {self.readout_rank}")
+        if self.lora_layers < 0:
+            raise ValueError(f"lora_layers must be >= 0 (0: every block), got {self.lora_layers}")
         self.label_words = tuple(self.label_words)
         if "{text_a}" not in self.pair_prompt or "{text_b}" not in self.pair_prompt:
             raise ValueError("pair_prompt must contain {text_a} and {text_b}")
@@ -124,6 +145,21 @@ def _lora_modules(model: nn.Module, module: str) -> dict[int, nn.Module]:
     return found
 
 
+def _readout_name(model: nn.Module, layer: int, module: str) -> str:
+    """Full name of the linear module ``module`` in block ``layer`` (a PEFT rank_pattern key for it alone)."""
+    for name, sub in model.named_modules():
+        match = _LAYER_PATTERN.search(name)
+        if match and int(match.group(1)) == layer and name.rsplit(".", 1)[-1] == module and isinstance(sub, nn.Linear):
+            return name
+    raise ValueError(f"no linear module {module!r} in layer {layer}")
+
+
+def _block_linear_names(model: nn.Module) -> list[str]:
+    """Names of the linear modules inside the transformer blocks (what "all-linear" wraps there)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, sub in model.named_modules()
+                   if isinstance(sub, nn.Linear) and _LAYER_PATTERN.search(name)})
+
+
 def _num_layers(model: nn.Module) -> int:
     return int(model.config.num_hidden_layers)
 
@@ -144,16 +180,29 @@ class LoraEncoder(nn.Module):
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        if peft_model is None:
-            lora = LoraConfig(r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout,
-                              target_modules=self.config.target_modules, bias="none", task_type="CAUSAL_LM")
-            peft_model = get_peft_model(model, lora)
-        self.model = peft_model
-        n_layers = _num_layers(self.model.get_base_model())
+        base = peft_model.get_base_model() if peft_model is not None else model
+        n_layers = _num_layers(base)
         layer = self.config.layer if self.config.layer >= 0 else n_layers + self.config.layer
         if not 0 <= layer < n_layers:
             raise ValueError(f"layer {self.config.layer} is out of range: the model has {n_layers} layers "
                              f"(use 0..{n_layers - 1}, or -1 for the last)")
+        # the first block with LoRA; the blocks below it are frozen (a cacheable prefix) when it is > 0
+        self.prefix_start = max(0, layer + 1 - self.config.lora_layers) if self.config.lora_layers else 0
+        if peft_model is None:
+            targets, blocks = self.config.target_modules, None
+            if self.prefix_start:  # PEFT takes a block list only with named targets
+                blocks = list(range(self.prefix_start, layer + 1))
+                targets = _block_linear_names(base) if targets == "all-linear" else targets
+            ranks, alphas = {}, {}
+            if self.config.readout_rank and self.config.readout_rank != self.config.rank:
+                readout = _readout_name(base, layer, self.config.module)
+                ranks = {readout: self.config.readout_rank}
+                alphas = {readout: self.config.alpha * self.config.readout_rank / self.config.rank}
+            lora = LoraConfig(r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout,
+                              target_modules=targets, bias="none", task_type="CAUSAL_LM", layers_to_transform=blocks,
+                              rank_pattern=ranks, alpha_pattern=alphas)
+            peft_model = get_peft_model(model, lora)
+        self.model = peft_model
         modules = _lora_modules(self.model, self.config.module)
         if layer not in modules:
             raise ValueError(f"no LoRA module {self.config.module!r} in layer {layer}; LoRA targets "
@@ -164,9 +213,15 @@ class LoraEncoder(nn.Module):
         self._stop_early = True
         self.computed_tokens = 0  # token positions (real and padding) the last forward computed
         # a closure, not a bound method: deep copies of the model (merged_encoder) must not copy the encoder
-        self._target.lora_A[ADAPTER_NAME].register_forward_hook(lambda m, i, o: self._capture(m, i, o))
+        if self.config.readout == "hidden":  # the module's input, before its LoRA dropout
+            self._target.register_forward_pre_hook(lambda m, i: self._capture(m, i, i[0]))
+        else:
+            self._target.lora_A[ADAPTER_NAME].register_forward_hook(lambda m, i, o: self._capture(m, i, o))
         # after the capture hook: at the bottleneck site z itself is never dropped out
         install_lora_dropout(self.model, self.config.dropout_site, ADAPTER_NAME)
+        # memory only until a pipeline attaches a disk store (use_prefix_store)
+        self.prefix = (FrozenPrefix(self.model, self.prefix_start, PrefixStore(None, "memory"))
+                       if self.prefix_start else None)
 
     # ----------------------------------------------------------------- representation
     def _capture(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -176,7 +231,10 @@ class LoraEncoder(nn.Module):
 
     @property
     def dimension(self) -> int:
-        return self.config.rank
+        """Size of z: the readout module's rank (or its input width, for the hidden-state readout)."""
+        if self.config.readout == "hidden":
+            return int(self._target.in_features)
+        return int(self._target.lora_A[ADAPTER_NAME].weight.shape[0])
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids with EOS appended (the last-token pooling point), dynamically padded."""
@@ -201,13 +259,29 @@ class LoraEncoder(nn.Module):
             mask[i, span] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pack_capacity: int = 0) -> torch.Tensor:
+    def use_prefix_store(self, store: PrefixStore) -> None:
+        """Keep the frozen prefix's states in ``store`` (e.g. on disk, shared across runs)."""
+        if self.prefix is None:
+            raise ValueError("this encoder has LoRA in every block (lora_layers 0): there is no frozen prefix")
+        self.prefix.store = store
+
+    def fill_prefix(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> None:
+        """Compute (or find) and store the frozen prefix's states of ``texts``; nothing to do without a prefix."""
+        if self.prefix is None:
+            return
+        unique = sorted(set(texts), key=len)
+        batches = (self.tokenize(unique[i:i + batch_size]) for i in range(0, len(unique), batch_size))
+        self.prefix.fill(batches, len(unique), show_progress)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pack_capacity: int = 0,
+                use_prefix: bool = True) -> torch.Tensor:
         """z [N, r], L2-normalised; differentiable. Runs the model only up to the representation module.
 
         ``pack_capacity > 0``: the texts are packed into rows of about that many tokens
         (:mod:`components.packing`) instead of padded; same z, less padding computed. In training, LoRA
         dropout masks are drawn per real token, so padded and packed layouts train the same model
-        (:func:`components.lora_dropout.masks_by_token`).
+        (:func:`components.lora_dropout.masks_by_token`). With a frozen prefix (``lora_layers``) and
+        ``use_prefix``, only the blocks from the first tuned one run, from the prefix's cached states.
         """
         self._captured = None
         packed = None
@@ -219,12 +293,23 @@ class LoraEncoder(nn.Module):
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
                       "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp_min(0)}
         self.computed_tokens = inputs["input_ids"].numel()
+        top_only = contextlib.nullcontext()
+        if self.prefix is not None and use_prefix:
+            states = self.prefix.states(input_ids, attention_mask)  # real tokens, the padded batch's order
+            layout = inputs.pop("input_ids")
+            embeds = states.new_zeros((*layout.shape, states.shape[-1]))
+            if packed is not None:
+                embeds[packed.rows, packed.cols] = states
+            else:
+                embeds[attention_mask.bool()] = states
+            inputs["inputs_embeds"] = embeds
+            top_only = self.prefix.top_only()
         masks = contextlib.nullcontext()
         if self.training and self.config.dropout > 0:  # no masks to draw at inference
             token_index = packed.token_index() if packed is not None else padded_token_index(attention_mask)
             masks = masks_by_token(token_index, int(attention_mask.sum()))
         try:
-            with masks:
+            with masks, top_only:
                 self.model(**inputs, use_cache=False)
         except _StopForward:
             pass
@@ -328,8 +413,9 @@ class LoraEncoder(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(folder), safe_serialization=True)
+        source = str(getattr(self.model.get_base_model().config, "_name_or_path", ""))
         meta = {"config": self.config.to_dict(), "layer_index": self.layer_index,
-                "base_model": str(getattr(self.model.get_base_model().config, "_name_or_path", ""))}
+                "base_model": base_model_record(source, self.config.extra.get("student"))}
         (folder / ENCODER_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         write_checksums(folder, CHECKSUMMED)
         return folder
@@ -350,8 +436,11 @@ class LoraEncoder(nn.Module):
     # ----------------------------------------------------------------- deployment
     def merged_encoder(self) -> MergedEncoder:
         """Plain module: LoRA merged, truncated at the representation layer, A as the output head."""
-        head = nn.Linear(self._target.in_features, self.config.rank, bias=False)
-        head.weight.data.copy_(self._target.lora_A[ADAPTER_NAME].weight.data.float())
+        head = nn.Linear(self._target.in_features, self.dimension, bias=False)
+        if self.config.readout == "hidden":
+            head.weight.data.copy_(torch.eye(self.dimension))
+        else:
+            head.weight.data.copy_(self._target.lora_A[ADAPTER_NAME].weight.data.float())
         merged = copy.deepcopy(self.model).merge_and_unload()
         backbone = merged.get_decoder() if hasattr(merged, "get_decoder") else merged.model
         layers = list(backbone.layers[: self.layer_index + 1])

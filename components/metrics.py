@@ -2,12 +2,14 @@
 
 Metric names are built one way everywhere: ``{split}_{metric}`` (for example ``dev_f1``), and the
 threshold used for accuracy/F1/precision/recall is reported next to them as ``{split}_threshold``.
+scikit-learn computes every metric; flipkd adds only the rule that picks the decision threshold on dev.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import pearsonr, rankdata, spearmanr
+from scipy.stats import pearsonr, spearmanr
+from sklearn import metrics
 
 
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -36,27 +38,20 @@ def best_f1(scores: np.ndarray, labels: np.ndarray) -> float:
     return classification_metrics(scores, labels, best_f1_threshold(scores, labels))["f1"]
 
 
+def _both_classes(y: np.ndarray) -> bool:
+    return bool(y.any() and (~y).any())
+
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mann-Whitney form with average ranks for ties; NaN when one class is absent."""
+    """scikit-learn's ROC-AUC (ties count half); NaN when one class is absent, where it is undefined."""
     y = np.asarray(labels) >= 0.5
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(metrics.roc_auc_score(y, np.asarray(scores, dtype=np.float64))) if _both_classes(y) else float("nan")
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Sum over distinct thresholds of (R_k - R_{k-1}) P_k, as scikit-learn computes it."""
-    scores, y = np.asarray(scores, dtype=np.float64), np.asarray(labels) >= 0.5
-    if not y.any():
-        return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], y[order]
-    last_of_value = np.r_[s[1:] != s[:-1], True]
-    tp, fp = np.cumsum(y)[last_of_value], np.cumsum(~y)[last_of_value]
-    precision, recall = tp / (tp + fp), tp / y.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    """scikit-learn's average precision (no interpolation); NaN without a positive pair."""
+    y = np.asarray(labels) >= 0.5
+    return float(metrics.average_precision_score(y, np.asarray(scores, dtype=np.float64))) if y.any() else float("nan")
 
 
 def classification_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float,
@@ -64,12 +59,11 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, threshold: fl
     """F1, precision, recall, accuracy at ``threshold``; ROC-AUC, AP; Spearman/Pearson on graded labels."""
     scores, y = np.asarray(scores, dtype=np.float64), np.asarray(labels) >= 0.5
     predicted = scores >= threshold
-    tp, fp, fn = int((predicted & y).sum()), int((predicted & ~y).sum()), int((~predicted & y).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
+    precision, recall, f1, _ = metrics.precision_recall_fscore_support(y, predicted, average="binary",
+                                                                       zero_division=0.0)
     out = {
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "precision": precision, "recall": recall, "accuracy": float((predicted == y).mean()) if len(y) else 0.0,
+        "f1": float(f1), "precision": float(precision), "recall": float(recall),
+        "accuracy": float(metrics.accuracy_score(y, predicted)) if len(y) else 0.0,
         "roc_auc": roc_auc(scores, y), "average_precision": average_precision(scores, y), "threshold": float(threshold),
         "pairs": float(len(y)),
     }

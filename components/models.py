@@ -328,7 +328,7 @@ def _require_config(folder: Path, role: str) -> Path:
     return folder
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec or os.path.isabs(spec)
 
 
@@ -337,7 +337,7 @@ def _resolve_local_or_hub(spec: str, role: str, allow_download: bool) -> Path:
     folder = Path(spec).expanduser()
     if folder.is_dir():
         return _require_config(folder, role)
-    if folder.exists() or _looks_like_path(spec):
+    if folder.exists() or looks_like_path(spec):
         raise ModelLoadError(f"{role} {spec!r} is not a folder ({folder.resolve()} does not exist)")
     try:
         from huggingface_hub import snapshot_download
@@ -423,6 +423,10 @@ def resolve_student(spec: str = STUDENT_DEFAULT, cache_dir: str | Path | None = 
     target = cache_root(cache_dir) / "models" / student.name
 
     def build(out: Path) -> None:
+        with torch.random.fork_rng(devices=[]):  # building a model draws from torch's RNG: a cold cache must not
+            _build(out)                             # move the caller's random stream (the LoRA init after it)
+
+    def _build(out: Path) -> None:
         if student.terms:
             print(f"flipkd: {student.terms}", file=sys.stderr)
         print(f"flipkd: converting {student.gguf} into {target} (once, about 30 s)", file=sys.stderr)
@@ -555,6 +559,20 @@ def load_teacher(path: str | Path, trust_remote_code: bool = False) -> tuple[Any
     except Exception as error:
         raise ModelLoadError(f"could not load the teacher from {path}: {type(error).__name__}: {error}") from error
     return model.eval(), tokenizer
+
+
+def base_model_record(source: str | Path, spec: str | None = None) -> dict[str, str | None]:
+    """How an adapter names its base model so that it moves between machines: a name and a fingerprint, no path.
+
+    ``spec`` is what the user passed (``smollm2-135m``, a hub id or a folder); a folder is named by its last
+    part. The fingerprint (:func:`model_fingerprint`) tells, on another machine, whether the base model found
+    there is the one the adapter was trained on.
+    """
+    name = spec or str(source)
+    if looks_like_path(name):
+        name = Path(name).expanduser().resolve().name
+    fingerprint = model_fingerprint(source) if (Path(source) / "config.json").is_file() else None
+    return {"name": name, "fingerprint": fingerprint}
 
 
 def _sample_file(digest: Any, path: Path, edge: int = 1 << 20, probes: int = 16, probe: int = 1 << 16) -> None:

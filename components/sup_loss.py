@@ -41,6 +41,10 @@ class SupervisedLoss(nn.Module):
     def get_config_dict(self) -> dict[str, float | str]:
         return {"mode": self.mode, "scale": float(self.scale), "bias": float(self.bias)}
 
+    def head(self, cosine: torch.Tensor) -> torch.Tensor:
+        """Logit of a match from a cosine: ``scale * s + bias`` (the calibration L_sup learns)."""
+        return self.scale.to(cosine.dtype) * cosine + self.bias.to(cosine.dtype)
+
     def forward(self, labels: torch.Tensor, cosine: torch.Tensor | None = None,
                 label_logprobs: torch.Tensor | None = None) -> torch.Tensor:
         labels = torch.as_tensor(labels)
@@ -48,7 +52,7 @@ class SupervisedLoss(nn.Module):
             if cosine is None:
                 raise ValueError("representation mode needs the student cosine")
             pair_cosine = cosine.diagonal() if cosine.dim() == 2 else cosine
-            logits = self.scale.to(pair_cosine.dtype) * pair_cosine + self.bias.to(pair_cosine.dtype)
+            logits = self.head(pair_cosine)
             return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         if label_logprobs is None:
             raise ValueError("generative mode needs label_logprobs [N, 2] = (log p(no), log p(yes))")

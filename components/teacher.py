@@ -1,8 +1,16 @@
 """The teacher as a scorer: texts -> mean-pooled, L2-normalised embeddings -> cosines (METHOD.md, "Teacher signal").
 
 ``TeacherScorer.encode`` deduplicates the texts of a call, looks them up in an optional persistent
-:class:`~components.embedding_cache.EmbeddingCache`, encodes only the misses (sorted by length so each batch
-pads little, original order restored) under ``torch.inference_mode`` and stores them back. The teacher's raw
+:class:`~components.embedding_cache.EmbeddingCache`, encodes only the misses under ``torch.inference_mode`` and
+stores them back.
+
+A text's vector must not depend on which other texts were encoded with it, or a run would depend on what the
+cache already held (measured with MiniLM: the same text in batches of another size or padded to another
+length differs by up to 2e-7, enough to change a training trajectory). So every text is padded to its own
+length rounded up to a multiple of ``PAD_MULTIPLE`` and encoded only with texts of that padded length, in
+batches of exactly ``batch_size`` rows (a short batch is filled with copies of its last row): the shapes a text
+meets are then a function of the text alone, and its vector is the same bits in any company, on one CPU kind
+and thread count. The teacher's raw
 cosines are turned into scores in [0, 1] by :class:`components.calibration.PlattCalibrator`.
 """
 
@@ -21,6 +29,21 @@ from components.models import load_teacher, model_fingerprint, resolve_teacher
 from components.pooling import pool_normalized
 
 TEACHER_POOLING = "mean"
+PAD_MULTIPLE = 8
+
+
+def fixed_shape_batches(lengths: Sequence[int], rows: int, max_length: int,
+                        multiple: int = PAD_MULTIPLE) -> list[tuple[int, list[int]]]:
+    """``(padded length, positions)`` batches of at most ``rows`` positions whose padded length is their own.
+
+    A text of ``n`` tokens is padded to ``min(ceil(n / multiple) * multiple, max_length)`` and batched only with
+    texts padded to the same length, in the order given.
+    """
+    groups: dict[int, list[int]] = {}
+    for position, n in enumerate(lengths):
+        groups.setdefault(min(-(-n // multiple) * multiple, max_length), []).append(position)
+    return [(length, members[start:start + rows]) for length, members in sorted(groups.items())
+            for start in range(0, len(members), rows)]
 
 
 def embed_batch(model: torch.nn.Module, tokenizer, texts: Sequence[str], max_length: int,
@@ -30,6 +53,16 @@ def embed_batch(model: torch.nn.Module, tokenizer, texts: Sequence[str], max_len
     encoded = {name: tensor.to(device) for name, tensor in encoded.items()}
     hidden = model(**encoded).last_hidden_state
     return pool_normalized(hidden, encoded["attention_mask"], TEACHER_POOLING)
+
+
+def embed_fixed_batch(model: torch.nn.Module, tokenizer, texts: Sequence[str], length: int, rows: int,
+                      device: str | torch.device = "cpu") -> torch.Tensor:
+    """Vectors of ``texts`` (each at most ``length`` tokens) padded to ``length``, in a batch of exactly ``rows``."""
+    filled = list(texts) + [texts[-1]] * (rows - len(texts))
+    encoded = tokenizer(filled, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+    encoded = {name: tensor.to(device) for name, tensor in encoded.items()}
+    hidden = model(**encoded).last_hidden_state
+    return pool_normalized(hidden, encoded["attention_mask"], TEACHER_POOLING)[: len(texts)]
 
 
 class TeacherScorer:
@@ -45,8 +78,8 @@ class TeacherScorer:
         device: torch device.
 
     Attributes:
-        fingerprint: id of the embeddings this scorer makes: the model fingerprint plus pooling and max length
-            (two scorers with the same fingerprint produce the same vectors, so they may share a cache).
+        fingerprint: id of the embeddings this scorer makes: the model fingerprint plus pooling, max length and
+            batch shape (two scorers with the same fingerprint produce the same vectors, so they may share a cache).
         dim: embedding size.
         cache_hits, cache_misses: the cache's counters (0 without a cache). ``encode`` deduplicates first, so
             they count distinct texts per call.
@@ -66,7 +99,7 @@ class TeacherScorer:
         self.model.to(device)
         self.dim = int(self.model.config.hidden_size)
         weights = model_fingerprint(self.model_path)
-        settings = f"pooling={TEACHER_POOLING};max_length={max_length}"
+        settings = f"pooling={TEACHER_POOLING};max_length={max_length};rows={batch_size};pad={PAD_MULTIPLE}"
         self.fingerprint = f"{weights[:32]}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
         if cache is None or isinstance(cache, EmbeddingCache):
             self.cache = cache
@@ -96,14 +129,16 @@ class TeacherScorer:
             vectors[position] = row
         todo = [i for i in range(len(unique)) if i not in found]
         if todo:
-            todo.sort(key=lambda i: len(unique[i]), reverse=True)
-            batches = [todo[start:start + self.batch_size] for start in range(0, len(todo), self.batch_size)]
+            lengths = [len(ids) for ids in self.tokenizer([unique[i] for i in todo], truncation=True,
+                                                          max_length=self.max_length)["input_ids"]]
+            batches = fixed_shape_batches(lengths, self.batch_size, self.max_length)
             was_training = self.model.training
             self.model.eval()
             with torch.inference_mode():
-                for batch in tqdm(batches, desc="teacher encode", unit="batch", disable=not self.show_progress):
-                    vectors[batch] = embed_batch(self.model, self.tokenizer, [unique[i] for i in batch],
-                                                 self.max_length, self.device).cpu().numpy()
+                for length, batch in tqdm(batches, desc="teacher encode", unit="batch", disable=not self.show_progress):
+                    rows = [todo[i] for i in batch]
+                    vectors[rows] = embed_fixed_batch(self.model, self.tokenizer, [unique[i] for i in rows], length,
+                                                      self.batch_size, self.device).cpu().numpy()
             self.model.train(was_training)
             if self.cache is not None:
                 self.cache.put_many([unique[i] for i in todo], vectors[todo])

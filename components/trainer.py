@@ -9,8 +9,10 @@ warmup over ``warmup_ratio`` of the steps then linear decay, and gradient clippi
 Batches are length-bucketed (pairs of similar length share a batch) and their texts packed into rows
 (:mod:`components.packing`), so little padding is computed; batch order is still random. Training runs
 inside :func:`fast_training_path` (eager attention, norm outputs cast once under autocast).
-``naive=True`` turns the speed choices off (full-length padding, no packing, full-depth forward, fp32, the
-model's own attention kernel) but keeps the same batches, so its results match the default loop's and the
+With LoRA in the top blocks only (``EncoderConfig.lora_layers``), each step runs those blocks from the frozen
+prefix's cached states (:mod:`components.prefix_cache`). ``naive=True`` turns the speed choices off (full-length
+padding, no packing, no prefix cache, full-depth forward, fp32, the model's own attention kernel) but keeps the
+same batches, so its results match the default loop's and the
 throughput benchmark can show the ratio alone.
 """
 
@@ -34,6 +36,8 @@ from components.distributed import DistributedContext
 from components.lora_encoder import LoraEncoder
 
 PRECISIONS = ("auto", "fp32", "bf16")
+CLIP_MODES = ("value", "norm")
+EVAL_METRICS = ("ap", "roc_auc", "f1")
 
 
 @dataclass
@@ -44,7 +48,11 @@ class TrainConfig:
     scalar_learning_rate: float = 1e-2
     weight_decay: float = 0.1
     warmup_ratio: float = 0.05
+    # METHOD.md clips by value to [-1, 1]; "norm" rescales the whole gradient to at most clip_value instead
+    clip_mode: str = "value"
     clip_value: float = 1.0
+    # the teacher-driven parts (L_dist, L_MCL) ramp in linearly over this share of the steps (0: full from step 1)
+    teacher_warmup_ratio: float = 0.0
     batch_size: int = 16
     epochs: float = 1.0
     max_steps: int = 0
@@ -64,6 +72,9 @@ class TrainConfig:
     # without improvement end training early (0: never stop early, still keep the best).
     eval_every: int = 0
     patience: int = 0
+    # what the pipeline's evaluate callback scores on dev: "ap", "roc_auc" or "f1" (F1 at the best dev threshold
+    # overfitted a small dev split in stop 16, so the threshold-free AP is the default)
+    eval_metric: str = "ap"
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -78,12 +89,18 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.clip_value <= 0:
             raise ValueError(f"clip_value must be > 0, got {self.clip_value}")
+        if self.clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
+        if not 0 <= self.teacher_warmup_ratio <= 1:
+            raise ValueError(f"teacher_warmup_ratio must be in [0, 1], got {self.teacher_warmup_ratio}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: off), got {self.checkpoint_every}")
         if self.eval_every < 0 or self.patience < 0:
             raise ValueError(f"eval_every and patience must be >= 0, got {self.eval_every} and {self.patience}")
         if self.pack_capacity < 0:
             raise ValueError(f"pack_capacity must be >= 0 (0: off), got {self.pack_capacity}")
+        if self.eval_metric not in EVAL_METRICS:
+            raise ValueError(f"eval_metric must be one of {EVAL_METRICS}, got {self.eval_metric!r}")
         if self.patience and not self.eval_every:
             raise ValueError("patience needs eval_every > 0 (how often dev is evaluated)")
 
@@ -374,7 +391,8 @@ class Trainer:
         self.encoder._stop_early = not self.config.naive
         label_logprobs = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            z = self._forward(**batch, pack_capacity=0 if self.config.naive else self.config.pack_capacity)
+            z = self._forward(**batch, pack_capacity=0 if self.config.naive else self.config.pack_capacity,
+                              use_prefix=not self.config.naive)
             gold = index if p.labelled is None else [i for i in index if p.labelled[i]]
             if self.loss.config.sup_mode == "generative" and gold:  # L_sup through the decoder path
                 label_logprobs = self.encoder.label_logprobs(**self.encoder.tokenize_pairs(
@@ -387,12 +405,16 @@ class Trainer:
         else:
             z_a, z_b = z[: len(index)], z[len(index):]
         labelled = None if p.labelled is None else torch.as_tensor(p.labelled[index], dtype=torch.bool)
-        parts = self.loss(z_a, z_b, teacher, labels, keep, label_logprobs=label_logprobs, labelled=labelled)
+        parts = self.loss(z_a, z_b, teacher, labels, keep, label_logprobs=label_logprobs, labelled=labelled,
+                          teacher_weight=self.teacher_weight())
         self.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         params = [q for group in self.optimizer.param_groups for q in group["params"]]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
-        torch.nn.utils.clip_grad_value_(params, self.config.clip_value)
+        if self.config.clip_mode == "norm":
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.clip_value))
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
+            torch.nn.utils.clip_grad_value_(params, self.config.clip_value)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -406,6 +428,11 @@ class Trainer:
                     "padded_tokens": float(self.encoder.computed_tokens)})
         return out
 
+    def teacher_weight(self) -> float:
+        """Factor of the teacher-driven loss weights at this step: a linear ramp over ``teacher_warmup_ratio``."""
+        ramp = self.config.teacher_warmup_ratio * self.total_steps
+        return 1.0 if ramp <= 0 else min(1.0, (self.step + 1) / ramp)
+
     def train(self, until_step: int | None = None) -> dict[str, float]:
         """Run to ``total_steps`` (or ``until_step``); returns the last step's metrics plus totals."""
         end = min(self.total_steps, until_step or self.total_steps)
@@ -415,9 +442,9 @@ class Trainer:
         last: dict[str, float] = {}
         start = time.perf_counter()
         pairs_seen = 0
-        speed = contextlib.nullcontext() if self.config.naive else fast_training_path(self.encoder.model)
-        with speed, tqdm(total=end, initial=self.step, desc="train", unit="step",
-                         disable=not self.show_progress) as bar:
+        with contextlib.ExitStack() as speed, tqdm(total=end, initial=self.step, desc="train", unit="step",
+                                                   disable=not self.show_progress) as bar:
+            speed.enter_context(self._speed())
             while self.step < end and not self.early.stopped:
                 index = next(stream)
                 last = self.train_step(index)
@@ -428,7 +455,9 @@ class Trainer:
                 if self.on_step and (self.step % self.config.log_every == 0 or self.step == end):
                     self.on_step(self.step, last)
                 if self._evaluating and (self.step % self.config.eval_every == 0 or self.step == self.total_steps):
+                    speed.close()  # dev is scored exactly as the final evaluation scores it, outside the fast path
                     self._evaluate()
+                    speed.enter_context(self._speed())
                 every = self.config.checkpoint_every
                 if self.on_checkpoint and every and (self.step % every == 0 or self.step == self.total_steps
                                                      or self.early.stopped):
@@ -445,6 +474,9 @@ class Trainer:
             last.update({"best_dev_score": self.early.best_score, "best_step": float(self.early.best_step),
                          "stopped_at_step": float(self.step), "stopped_early": float(self.early.stopped)})
         return last
+
+    def _speed(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self.config.naive else fast_training_path(self.encoder.model)
 
     @property
     def _evaluating(self) -> bool:

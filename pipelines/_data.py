@@ -37,7 +37,7 @@ def _label_range(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 
 
 def data_options(func: Callable) -> Callable:
-    """Click options of the data contract (see README, "Bring your own data")."""
+    """Click options of the data contract (see docs/data.md)."""
     options = [
         option("--data", type=click.Path(dir_okay=False), default=None,
                      help="One pair file (CSV, TSV, JSONL or Parquet) that flipkd splits into train/dev/test."),

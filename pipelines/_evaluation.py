@@ -36,3 +36,20 @@ def log_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], split: str) 
     fig = _plots.precision_recall_curve(curves, f"precision-recall, {split}")
     mlflow.log_figure(fig, f"plots/precision_recall_{split}.png")
     _plots.close(fig)
+
+
+def all_positive(frame: pd.DataFrame) -> dict[str, float]:
+    """The baseline that calls every pair a match: F1 = 2p / (1 + p) and AP = p at match share p."""
+    share = float(frame["match"].mean()) if len(frame) else 0.0
+    return {"f1": 2 * share / (1 + share) if share else 0.0, "average_precision": share}
+
+
+def comparison_table(rows: list[tuple[str, dict[str, float]]], split: str) -> list[str]:
+    """Lines of a small table: F1 at the dev threshold and average precision of each model on ``split``."""
+    width = max(len(name) for name, _ in rows)
+    lines = [f"  {'on ' + split:<{width}}   F1     AP"]
+    for name, m in rows:
+        f1, ap = m.get(f"{split}_f1", m.get("f1")), m.get(f"{split}_average_precision", m.get("average_precision"))
+        if f1 is not None:
+            lines.append(f"  {name:<{width}}  {f1:.3f}  {ap:.3f}")
+    return lines

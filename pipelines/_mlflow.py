@@ -38,25 +38,55 @@ class UsageError(click.UsageError):
 
 
 def setup_tracking(experiment: str | None = None) -> None:
-    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working folder."""
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working folder; and ``experiment``.
+
+    A file store (``file:...`` or a plain folder) is refused in one line: MLflow 3 raises a long traceback for it.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
         mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
-    if experiment and not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run fixes the experiment
-        mlflow.set_experiment(experiment)
+    elif uri.startswith(("file:", "/", ".", "~")) and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() \
+            not in ("1", "true"):
+        beside = Path(uri.removeprefix("file://").removeprefix("file:") or ".").expanduser().resolve().parent
+        raise ValueError(f"MLFLOW_TRACKING_URI={uri} is a file store, which MLflow 3 no longer writes to: use a "
+                         f"database, e.g. MLFLOW_TRACKING_URI=sqlite:///{beside}/mlflow.db (or a tracking server, "
+                         f"http://HOST:PORT)")
+    if experiment:
+        choose_experiment(experiment)
+
+
+def choose_experiment(experiment: str | None) -> None:
+    """Where a new run is filed, the same rule under ``mlflow run`` and ``python -m``, as MLflow's own CLI has it.
+
+    Under ``mlflow run`` MLflow has already filed the run (its ``--experiment-name``, else
+    ``$MLFLOW_EXPERIMENT_NAME``, else its 'Default'): it cannot move, so ``--experiment`` is not used there.
+    Otherwise ``--experiment``, else ``$MLFLOW_EXPERIMENT_NAME``, else ``flipkd``. Summaries name the
+    experiment the run is in (:func:`experiment_name`), never the option.
+    """
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+
+
+def experiment_name(active: mlflow.ActiveRun) -> str:
+    """The experiment a run was filed in: what a summary names, so the user finds the run there."""
+    return mlflow.get_experiment(active.info.experiment_id).name
 
 
 @contextlib.contextmanager
-def run(name: str, experiment: str | None = DEFAULT_EXPERIMENT, nested: bool = False,
+def run(name: str, experiment: str | None = None, nested: bool = False,
         run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, resume) a run; a failure marks it FAILED, never left RUNNING.
 
     Inside an active run (the ``main`` chain) the new run is a nested child of it. ``run_id`` reopens that
-    existing run (status back to RUNNING; it keeps its name and experiment).
+    existing run (status back to RUNNING; it keeps its name and experiment). ``experiment``: see
+    :func:`choose_experiment`.
     """
     nested = nested or mlflow.active_run() is not None
     if not nested:
-        setup_tracking(None if run_id else experiment)
-        if run_id:  # the run fixes the experiment
+        setup_tracking()
+        if not run_id:
+            choose_experiment(experiment)
+        else:  # the run fixes the experiment
             mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
     reopened = run_id or (os.environ.get("MLFLOW_RUN_ID") and not nested)
     active = mlflow.start_run(run_id=run_id, run_name=None if reopened else name, nested=nested)
@@ -145,9 +175,11 @@ def clean_errors(func: Callable) -> Callable:
     """
     from components.data import DataError
     from components.models import ModelLoadError
+    from pipelines._console import setup_console
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        setup_console()
         try:
             return func(*args, **kwargs)
         except (DataError, ModelLoadError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:

@@ -14,7 +14,15 @@ import click
 import mlflow
 
 from components.lora_encoder import ENCODER_FILE, LoraEncoder
-from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
+from components.models import (
+    STUDENT_DEFAULT,
+    ModelLoadError,
+    cache_root,
+    load_student,
+    looks_like_path,
+    model_fingerprint,
+    resolve_student,
+)
 from components.teacher import TeacherScorer
 from pipelines import _mlflow
 from pipelines._data import data_options, load_splits, log_splits, with_data_args
@@ -41,11 +49,25 @@ def adapter_folder(model: str) -> Path:
 
 
 def load_trained_encoder(model: str, student: str | None = None, cache_dir: str | None = None) -> LoraEncoder:
-    """Rebuild a trained student: its base model (as recorded, unless ``student`` overrides) plus the adapter."""
+    """Rebuild a trained student: its base model (as recorded, unless ``student`` overrides) plus the adapter.
+
+    The adapter records its base model by name and fingerprint, not by path (an adapter moves between
+    machines): a packaged or hub name is found again here; a folder of the training machine must be passed as
+    ``student``. A base model whose fingerprint differs from the recorded one is loaded with a warning.
+    """
     folder = adapter_folder(model)
     meta = json.loads((folder / ENCODER_FILE).read_text(encoding="utf-8"))
+    recorded = meta.get("base_model") if isinstance(meta.get("base_model"), dict) else {}  # a path before
     base = student or meta["config"].get("extra", {}).get("student") or STUDENT_DEFAULT
-    base_model, tokenizer = load_student(resolve_student(base, cache_dir))
+    if not student and looks_like_path(base) and not Path(base).expanduser().exists():
+        raise ModelLoadError(f"the adapter's base model {recorded.get('name') or base!r} was the folder {base} on the "
+                             f"machine that trained it: pass that model's folder here with --student FOLDER")
+    path = resolve_student(base, cache_dir)
+    if recorded.get("fingerprint") and model_fingerprint(path) != recorded["fingerprint"]:
+        click.echo(f"warning: the base model {path} is not the one the adapter was trained on ("
+                   f"{recorded.get('name')!r}, fingerprint {recorded['fingerprint'][:12]}...): its scores will differ",
+                   err=True)
+    base_model, tokenizer = load_student(path)
     return LoraEncoder.load(folder, base_model, tokenizer)
 
 

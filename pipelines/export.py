@@ -214,7 +214,7 @@ def serving_config(encoder: LoraEncoder, engine: str, limits: Limits, faq: Faq |
         "pad_token_id": tok.pad_token_id, "padding_side": tok.padding_side,
         "truncation_side": getattr(tok, "truncation_side", "right"), "instruction": cfg.instruction,
         "suffix": cfg.suffix,
-        "threshold": float(cfg.threshold), "dimension": cfg.rank, "pooling": cfg.pooling,
+        "threshold": float(cfg.threshold), "dimension": encoder.dimension, "pooling": cfg.pooling,
         "max_rows": limits.max_rows, "max_chars": limits.max_chars, "on_long_text": limits.on_long_text,
         "encode_batch_size": 32, "threads": None, "top_k": limits.top_k,
         "faq_file": FAQ_FILE if faq and faq.ids else None,

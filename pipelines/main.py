@@ -1,25 +1,29 @@
-"""``main``: the whole chain prepare -> teacher -> score -> train -> evaluate, as nested runs of one parent.
+"""``main``: the whole chain prepare -> teacher -> score -> train, as nested runs of one parent.
 
-Each step is the same command as its own entry point, called in-process; the parent run holds the
-children (``mlflow.parentRunId``) and the final metrics.
+Each step is the same command as its own entry point, called in-process. ``train`` evaluates the student and
+its teacher on dev and test, so the chain has no separate evaluate step (it would encode the same texts again).
+The parent run holds the children (``mlflow.parentRunId``), the final metrics of the student and of the base
+and fine-tuned teacher, and ``summary.json``; the command ends with the comparison on test.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
 import click
 import mlflow
 
+from components.data import read_pairs
 from components.models import STUDENT_DEFAULT, TEACHER_DEFAULT
 from pipelines import _mlflow
-from pipelines import evaluate as evaluate_step
 from pipelines import prepare as prepare_step
 from pipelines import score as score_step
 from pipelines import teacher as teacher_step
 from pipelines import train as train_step
 from pipelines._data import DataArgs, data_options, with_data_args
+from pipelines._evaluation import all_positive, comparison_table
 from pipelines._options import common_options, option
 
 
@@ -48,14 +52,12 @@ def data_argv(args: DataArgs) -> list[str]:
 @with_data_args
 @_mlflow.clean_errors
 def cli(data_args, **o) -> dict:
-    """Run prepare -> teacher -> score -> train -> evaluate as five nested child runs of one parent run."""
-    common = ["--seed", str(o["seed"]), "--experiment", o["experiment"]]
+    """Run prepare -> teacher -> score -> train as four nested child runs of one parent run, and compare."""
+    common = ["--seed", str(o["seed"]), "--progress" if o["progress"] else "--no-progress"]
     if o["cache_dir"]:
         common += ["--cache-dir", o["cache_dir"]]
-    if not o["progress"]:
-        common.append("--no-progress")
     with _mlflow.run("main", o["experiment"]) as parent:
-        out = Path(o["output_dir"]) / parent.info.run_id
+        out = Path(o["output_dir"]).resolve() / parent.info.run_id
         _mlflow.log_params({"student": o["student"], "teacher": o["teacher"], "teacher_epochs": o["teacher_epochs"],
                             "epochs": o["epochs"], "max_steps": o["max_steps"], "train_options": o["train_options"],
                             "data": data_args.__dict__})
@@ -70,16 +72,33 @@ def cli(data_args, **o) -> dict:
         score_step.cli.main(splits + ["--teacher", teacher_dir, "--output-dir", str(out / "scored")] + common,
                             standalone_mode=False)
         trained = train_step.cli.main(splits + ["--teacher", teacher_dir, "--student", o["student"], "--epochs",
-                                                str(o["epochs"]), "--max-steps", str(o["max_steps"])]
+                                                str(o["epochs"]), "--max-steps", str(o["max_steps"]),
+                                                "--output-dir", str(out / "train")]
                                       + shlex.split(o["train_options"]) + common, standalone_mode=False)
-        evaluated = evaluate_step.cli.main(splits + ["--model", f"runs:/{trained['run_id']}/student"] + common,
-                                           standalone_mode=False)
-        final = {k: v for k, v in evaluated.items() if k != "run_id"}
-        _mlflow.log_metrics(final, prefix="student/")  # same names as the train and evaluate runs
+        models = {"student": {k: v for k, v in trained.items() if k != "run_id" and not k.startswith("teacher_")},
+                  "teacher_finetuned": {k: v for k, v in taught.items() if k[:4] in ("dev_", "test")},
+                  "teacher_base": {k.removeprefix("base_"): v for k, v in taught.items() if k.startswith("base_")}}
+        for name, metrics in models.items():  # the same names as in the train and teacher runs
+            _mlflow.log_metrics(metrics, prefix=f"{name}/")
+        split = "test" if "test" in prepared else "dev"
+        baseline = all_positive(read_pairs(prepared[split]))
+        summary = {"parent_run_id": parent.info.run_id, "train_run_id": trained["run_id"],
+                   "teacher_dir": teacher_dir, "split": split, "all_positive": baseline, **models}
+        _mlflow.log_json(summary, "summary.json")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         mlflow.set_tag("flipkd.train_run_id", trained["run_id"])
-        click.echo(f"main finished (parent run {parent.info.run_id}): student test F1 "
-                   f"{final.get('test_f1', float('nan')):.3f}, teacher (fine-tuned) dev F1 {taught['dev_f1']:.3f}")
-        return {"run_id": parent.info.run_id, **final}
+        lines = [f"main finished (parent run {parent.info.run_id}, experiment "
+                 f"{_mlflow.experiment_name(parent)!r})",
+                 *comparison_table([("student (flipkd)", models["student"]),
+                                    ("teacher, fine-tuned", models["teacher_finetuned"]),
+                                    ("teacher, base", models["teacher_base"]), ("all-positive baseline", baseline)],
+                                   split),
+                 f"  student adapter: runs:/{trained['run_id']}/student; fine-tuned teacher: {teacher_dir}",
+                 f"  look: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}",
+                 f"  summary: {out / 'summary.json'}"]
+        click.echo("\n".join(lines))
+        return {"run_id": parent.info.run_id, **models["student"]}
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ def cli(data_args, **o) -> dict:
         _mlflow.log_json(report, "data_report.json")
         _mlflow.log_folder(out, "data")
         sizes = ", ".join(f"{n} {r['pairs']}" for n, r in report["splits"].items())
-        click.echo(f"prepared {sizes} pairs into {out}/ (fingerprint {fp}, run {active.info.run_id})")
+        click.echo(f"prepared {sizes} pairs into {out.resolve()}/ (fingerprint {fp}, run {active.info.run_id}, "
+                   f"experiment {_mlflow.experiment_name(active)!r})")
         return {"run_id": active.info.run_id, **{n: str(out / f"{n}.jsonl") for n in splits}}
 
 

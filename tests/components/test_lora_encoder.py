@@ -33,6 +33,9 @@ ENCODER_CASES = [
     ("mean_pooling", {"pooling": "mean"}),
     ("middle_layer_k_proj", {"layer": 1, "module": "k_proj"}),
     ("first_layer_v_proj", {"layer": 0, "module": "v_proj"}),
+    ("lora_in_top_two_blocks", {"lora_layers": 2}),
+    ("wide_readout", {"readout_rank": 8}),
+    ("hidden_state_readout", {"readout": "hidden"}),
 ]
 
 
@@ -44,7 +47,8 @@ def test_left_and_right_padding_agree(tiny_lm, name, kwargs):
     enc.tokenizer.padding_side = "left"
     left = enc.encode(TEXTS, batch_size=4)
     one_by_one = torch.cat([enc.encode([t]) for t in TEXTS])
-    assert right.shape == (4, 4)
+    # z is as wide as the readout module's rank, or the model's hidden size for the hidden-state readout
+    assert right.shape == (4, 32 if kwargs.get("readout") == "hidden" else kwargs.get("readout_rank", 4))
     torch.testing.assert_close(left, right, atol=1e-5, rtol=0)
     torch.testing.assert_close(one_by_one, right, atol=1e-5, rtol=0)
     torch.testing.assert_close(right.norm(dim=-1), torch.ones(4))
@@ -181,3 +185,21 @@ def test_suffix_follows_the_truncated_text(tiny_lm, append_eos):
     assert len(ids) == len(head) + len(tok("beta", add_special_tokens=False)["input_ids"]) + len(tail)
     with pytest.raises(ValueError, match="no room"):
         LoraEncoder(model, tok, EncoderConfig(rank=4, max_length=2, suffix=" gamma delta")).tokenize(["beta"])
+
+
+def test_a_wide_readout_widens_z_alone_and_survives_save_and_load(tiny_lm, tmp_path):
+    from tests.tiny_models import tiny_llama, tiny_tokenizer
+
+    enc = make_encoder(tiny_lm, readout_rank=8)
+    ranks = {name: m.lora_A["default"].weight.shape[0] for name, m in enc.model.named_modules() if hasattr(m, "lora_A")}
+    readout = [n for n in ranks if n.endswith(f"layers.{enc.layer_index}.self_attn.q_proj")]
+    assert len(readout) == 1 and ranks[readout[0]] == 8
+    assert {r for n, r in ranks.items() if n != readout[0]} == {4}  # every other module keeps the LoRA rank
+    target = dict(enc.model.named_modules())[readout[0]]
+    assert target.scaling["default"] == pytest.approx(8 / 4)  # alpha / r as for the rank-4 modules
+    texts = random_texts(5, seed=2)
+    expected = enc.encode(texts)
+    enc.save(tmp_path / "adapter")
+    loaded = LoraEncoder.load(tmp_path / "adapter", tiny_llama(), tiny_tokenizer())
+    assert loaded.dimension == 8
+    torch.testing.assert_close(loaded.encode(texts), expected, atol=1e-6, rtol=0)

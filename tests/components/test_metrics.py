@@ -50,3 +50,38 @@ def test_threshold_is_never_a_score_and_keeps_the_best_f1():
 def test_best_f1_by_hand():
     # cuts after 0.9 / 0.8 / 0.3 / 0.1 give F1 2/3, 1/2, 4/5, 2/3: the best is 0.8 (threshold between 0.3 and 0.1)
     assert best_f1(np.array([0.9, 0.8, 0.3, 0.1]), np.array([1, 0, 1, 0])) == pytest.approx(0.8)
+
+
+def _mann_whitney_auc(scores, labels):
+    """The formula flipkd used before scikit-learn: average ranks for ties."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(labels) >= 0.5
+    ranks = rankdata(scores)
+    return (ranks[y].sum() - y.sum() * (y.sum() + 1) / 2) / (y.sum() * (~y).sum())
+
+
+def _step_ap(scores, labels):
+    """The formula flipkd used before scikit-learn: sum over distinct thresholds of (R_k - R_{k-1}) P_k."""
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], (np.asarray(labels) >= 0.5)[order]
+    last = np.r_[s[1:] != s[:-1], True]
+    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
+    return np.sum(np.diff(np.r_[0.0, tp / y.sum()]) * tp / (tp + fp))
+
+
+@pytest.mark.parametrize("n, decimals, positive_share", [(5, 1, 0.5), (40, 1, 0.2), (40, 3, 0.5), (200, 2, 0.8),
+                                                         (200, 6, 0.05)])
+def test_same_values_as_the_formulas_before_scikit_learn(n, decimals, positive_share):
+    rng = np.random.default_rng(n + decimals)
+    scores = np.round(rng.random(n), decimals)  # few decimals: many ties
+    labels = (rng.random(n) < positive_share).astype(int)
+    labels[:2] = [1, 0]
+    assert roc_auc(scores, labels) == pytest.approx(_mann_whitney_auc(scores, labels), abs=1e-12)
+    assert average_precision(scores, labels) == pytest.approx(_step_ap(scores, labels), abs=1e-12)
+
+
+def test_no_positive_gives_nan_ap_and_zero_f1():
+    m = classification_metrics(np.array([0.1, 0.9]), np.array([0, 0]), 0.5)
+    assert np.isnan(m["average_precision"]) and np.isnan(m["roc_auc"])
+    assert m["f1"] == 0.0 and m["precision"] == 0.0 and m["accuracy"] == 0.5

@@ -27,13 +27,13 @@ def scorer(tiny_bert_dir):
 
 def count_forwards(monkeypatch):
     calls = []
-    original = teacher_module.embed_batch
+    original = teacher_module.embed_fixed_batch
 
-    def counting(model, tokenizer, texts, max_length, device="cpu"):
+    def counting(model, tokenizer, texts, length, rows, device="cpu"):
         calls.append(list(texts))
-        return original(model, tokenizer, texts, max_length, device)
+        return original(model, tokenizer, texts, length, rows, device)
 
-    monkeypatch.setattr(teacher_module, "embed_batch", counting)
+    monkeypatch.setattr(teacher_module, "embed_fixed_batch", counting)
     return calls
 
 
@@ -69,14 +69,33 @@ def test_order_is_restored_and_batch_size_does_not_matter(tiny_bert_dir, scorer)
     np.testing.assert_allclose(reversed_order[::-1], together, atol=1e-5)
 
 
-def test_batches_are_sorted_by_length_and_texts_deduplicated(scorer, monkeypatch):
+def test_batches_hold_texts_of_one_padded_length_and_texts_are_deduplicated(scorer, monkeypatch):
     calls = count_forwards(monkeypatch)
     scorer.encode(TEXTS)
     flat = [text for batch in calls for text in batch]
     assert sorted(flat) == sorted(set(TEXTS))  # each distinct text encoded once
-    lengths = [len(text) for text in flat]
-    assert lengths == sorted(lengths, reverse=True)
+    padded = [{-(-len(scorer.tokenizer(t)["input_ids"]) // teacher_module.PAD_MULTIPLE) for t in batch}
+              for batch in calls]
+    assert all(len(lengths) == 1 for lengths in padded)
     assert all(len(batch) <= 3 for batch in calls)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_a_texts_vector_does_not_depend_on_its_batch_mates(tiny_bert_dir, batch_size):
+    """What the cache held before decides which texts are encoded together: the bits must not change with it."""
+    scorer = TeacherScorer(tiny_bert_dir, batch_size=batch_size, show_progress=False)
+    texts = list(dict.fromkeys(TEXTS)) + [f"{t} {w}" for t in TEXTS[:4] for w in ("card", "pin lost", "yes no a")]
+    together = scorer.encode(texts)
+    rng = np.random.default_rng(0)
+    for subset in (texts[::-1], texts[1::2], [texts[3]], list(rng.permutation(texts))):
+        alone = scorer.encode(subset)
+        expected = together[[texts.index(t) for t in subset]]
+        assert np.array_equal(alone, expected), np.abs(alone - expected).max()
+
+
+def test_fixed_shape_batches():
+    batches = teacher_module.fixed_shape_batches([3, 9, 8, 17, 2, 16, 1], rows=2, max_length=12, multiple=8)
+    assert batches == [(8, [0, 2]), (8, [4, 6]), (12, [1, 3]), (12, [5])]
 
 
 def test_pair_cosine_and_cosine_matrix(scorer):

@@ -210,3 +210,38 @@ def test_fast_training_path_changes_speed_not_the_loss(precision, rel):
         else:
             losses.append(t.train_step(list(range(16)))["loss/total"])
     assert losses[1] == pytest.approx(losses[0], rel=rel)
+
+
+def one_step(config: TrainConfig) -> tuple[Trainer, dict]:
+    torch.manual_seed(0)
+    enc = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, dropout=0.0))
+    trainer = Trainer(enc, FlipKDLoss(), tiny_pairs(), config, show_progress=False)
+    trainer.optimizer.step = lambda *a, **k: None  # keep the clipped gradients to look at
+    return trainer, trainer.train_step(list(range(8)))
+
+
+@pytest.mark.parametrize("mode", ["value", "norm"])
+def test_gradient_clipping_modes(mode):
+    trainer, metrics = one_step(TrainConfig(max_steps=2, batch_size=8, precision="fp32", clip_mode=mode,
+                                            clip_value=1e-3))
+    grads = [p.grad for g in trainer.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+    assert metrics["grad_norm"] > 1e-2  # the norm before clipping is logged
+    if mode == "norm":
+        assert norm == pytest.approx(1e-3, rel=1e-3)  # rescaled as a whole: every direction kept
+    else:
+        assert max(float(g.abs().max()) for g in grads) == pytest.approx(1e-3) and norm > 1e-3 * 1.5  # elementwise
+
+
+def test_teacher_terms_ramp_in_over_their_warmup():
+    trainer, _ = one_step(TrainConfig(max_steps=10, batch_size=8, precision="fp32", teacher_warmup_ratio=0.5))
+    weights = []
+    for step in range(10):
+        trainer.step = step
+        weights.append(trainer.teacher_weight())
+    assert weights == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    parts = FlipKDLoss()(torch.randn(4, 3), torch.randn(4, 3), torch.rand(4, 4), torch.tensor([1.0, 0, 1, 0]),
+                         teacher_weight=0.0)
+    assert float(parts["total"]) == pytest.approx(float(parts["sup"]))  # only L_sup at the start of the ramp
+    with pytest.raises(ValueError, match="clip_mode"):
+        TrainConfig(clip_mode="sign")

@@ -22,6 +22,7 @@ def mlflow_env(tmp_path, monkeypatch, migrated_store):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.setenv("FLIPKD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)

@@ -30,3 +30,13 @@ def test_bad_data_file_through_the_cli(mlflow_env, tmp_path, case, name, content
     experiment = mlflow_env.get_experiment_by_name("t")
     runs = mlflow_env.search_runs([experiment.experiment_id]) if experiment else []
     assert all(r.info.status == "FAILED" for r in runs)
+
+
+@pytest.mark.parametrize("uri", ["file:./mlruns", "file:///tmp/somewhere/mlruns", "./mlruns"])
+def test_a_file_tracking_store_is_one_line_with_what_to_use(mlflow_env, monkeypatch, tmp_path, uri):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    result = CliRunner().invoke(prepare.cli, ["--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith(f"error: MLFLOW_TRACKING_URI={uri} is a file store")
+    assert "sqlite:///" in result.output

@@ -15,7 +15,7 @@ ENTRY_POINTS = [
     (score, "Score every pair with the teacher", ["--delta_pos", "0.3"], "delta_pos", 0.3),
     (train, "Train the flipped student", ["--w_sup", "2"], "w_sup", 2.0),
     (evaluate, "Evaluate a trained student or a teacher", ["--choose_threshold"], "choose_threshold", True),
-    (main, "five nested child runs", ["--teacher_epochs", "2"], "teacher_epochs", 2),
+    (main, "four nested child runs", ["--teacher_epochs", "2"], "teacher_epochs", 2),
 ]
 IDS = [module.__name__.rsplit(".", 1)[1] for module, *_ in ENTRY_POINTS]
 

@@ -1,10 +1,12 @@
+import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
 from pipelines import main
 
 TRAIN_OPTIONS = "--rank 4 --lora-alpha 8 --batch-size 8 --max-length 16 --precision fp32"
-STEPS = ["prepare", "teacher", "score", "train", "evaluate"]
+STEPS = ["prepare", "teacher", "score", "train"]  # train evaluates on dev and test: no second encoding
 
 
 def chain_args(tiny_llama_dir, tiny_bert_dir, train_options=TRAIN_OPTIONS):
@@ -24,7 +26,7 @@ def split_parent(runs):
     return parents[0], children
 
 
-def test_main_runs_five_nested_steps_under_one_parent(mlflow_env, tiny_llama_dir, tiny_bert_dir):
+def test_main_runs_four_nested_steps_under_one_parent(mlflow_env, tiny_llama_dir, tiny_bert_dir):
     result = CliRunner().invoke(main.cli, chain_args(tiny_llama_dir, tiny_bert_dir))
     assert result.exit_code == 0, result.output
     assert "main finished (parent run" in result.output
@@ -37,10 +39,19 @@ def test_main_runs_five_nested_steps_under_one_parent(mlflow_env, tiny_llama_dir
     # the steps ran in chain order
     assert [c.info.run_name for c in sorted(children, key=lambda r: r.info.start_time)] == STEPS
     by_name = {c.info.run_name: c for c in children}
-    # the parent holds the final (evaluate) metrics and points at the train run
+    # the parent holds the final metrics of student and both teachers, a summary, and points at the train run
     metrics = parent.data.metrics
     assert "student/test_f1" in metrics and "student/dev_f1" in metrics
-    assert metrics["student/test_f1"] == by_name["evaluate"].data.metrics["student/test_f1"]
+    assert metrics["student/test_average_precision"] == by_name["train"].data.metrics["student/test_average_precision"]
+    for teacher in ("teacher_base", "teacher_finetuned"):
+        assert metrics[f"{teacher}/test_f1"] == by_name["teacher"].data.metrics[f"{teacher}/test_f1"]
+    summary = json.loads(Path(mlflow_env.download_artifacts(parent.info.run_id, "summary.json")).read_text())
+    assert summary["student"]["test_f1"] == metrics["student/test_f1"] and summary["split"] == "test"
+    # the printed comparison: student, both teachers and the all-positive baseline on test, F1 and AP
+    table = result.output[result.output.index("on test"):]
+    for row in ("student (flipkd)", "teacher, fine-tuned", "teacher, base", "all-positive baseline"):
+        assert row in table
+    assert f"{metrics['student/test_average_precision']:.3f}" in table.splitlines()[1]
     assert parent.data.tags["flipkd.train_run_id"] == by_name["train"].info.run_id
     assert parent.data.params["max_steps"] == "2" and parent.data.params["train_options"] == TRAIN_OPTIONS
     # the train child got the train options and the fine-tuned teacher
@@ -53,7 +64,7 @@ def test_main_runs_five_nested_steps_under_one_parent(mlflow_env, tiny_llama_dir
     assert {"teacher/config.json", "teacher/model.safetensors"} <= files
     assert "teacher_finetuned/dev_f1" in by_name["teacher"].data.metrics
     # every step saw the same data
-    prints = {c.data.tags["flipkd.data_fingerprint"] for c in children if c.info.run_name != "evaluate"}
+    prints = {c.data.tags["flipkd.data_fingerprint"] for c in children}
     assert len(prints) == 1
 
 

@@ -92,9 +92,11 @@ def wait_until_stalled(child, checkpoints: Path, client, log: Path, timeout: flo
     pytest.fail(f"no checkpoint at step 6 within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+@pytest.mark.parametrize("depth", [[], ["--lora-layers", "1"]], ids=["every_block", "prefix_cached"])
 def test_a_killed_training_resumes_into_the_same_run_with_the_same_result(mlflow_env, tiny_model_args, tmp_path,
-                                                                          monkeypatch, one_thread, migrated_store):
-    args = tiny_model_args + OPTIONS
+                                                                          monkeypatch, one_thread, migrated_store,
+                                                                          depth):
+    args = tiny_model_args + OPTIONS + depth
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     log = tmp_path / "child.log"

@@ -35,6 +35,8 @@ def test_train_logs_everything_a_run_needs(mlflow_env, tiny_model_args):
     for key in ("f1", "precision", "recall", "accuracy", "roc_auc", "average_precision", "threshold"):
         assert f"student/dev_{key}" in metrics and f"student/test_{key}" in metrics
     assert "filter_fraction_dropped" in metrics and "teacher_cache_misses" in metrics
+    assert "guard_warnings" in metrics and [m.step for m in mlflow_env.get_metric_history(run_id, "guard/warnings")] \
+        == [1, 2, 3]
     # tags for reproducibility
     tags = run.data.tags
     assert len(tags["flipkd.data_fingerprint"]) == 16
@@ -102,7 +104,7 @@ def test_layer_beyond_the_model_fails_cleanly(mlflow_env, tiny_model_args):
 def test_generative_mode_reports_joint_scoring(mlflow_env, tiny_model_args):
     result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--sup-mode", "generative"])
     assert result.exit_code == 0, result.output
-    assert "student joint (decoder path) dev F1" in result.output
+    assert "student, joint reading" in result.output  # the decoder path's row of the comparison
     (run_id,) = run_ids(mlflow_env)
     metrics = mlflow_env.get_run(run_id).data.metrics
     assert "student_joint/dev_f1" in metrics and "student/dev_f1" in metrics
@@ -127,22 +129,75 @@ def test_teacher_labelled_extra_pairs_are_counted_separately(mlflow_env, tiny_mo
     assert report["extra_pairs"] == run.data.metrics["filter_extra_pairs"]
 
 
-def test_early_stopping_keeps_the_best_dev_checkpoint(mlflow_env, tiny_model_args):
-    args = [a if a != "3" else "8" for a in FAST] + ["--eval-every", "2", "--patience", "1"]
+@pytest.mark.parametrize("metric,name,final", [("f1", "F1", "student/dev_f1"),
+                                               ("ap", "AP", "student/dev_average_precision"),
+                                               ("roc_auc", "ROC-AUC", "student/dev_roc_auc")])
+def test_early_stopping_keeps_the_best_dev_checkpoint(mlflow_env, tiny_model_args, metric, name, final):
+    args = [a if a != "3" else "8" for a in FAST] + ["--eval-every", "2", "--patience", "1", "--eval-metric", metric]
     result = CliRunner().invoke(train.cli, tiny_model_args + args)
     assert result.exit_code == 0, result.output
-    assert "early stopping: best dev F1" in result.output
+    assert f"early stopping: best dev {name} " in result.output
     (run_id,) = run_ids(mlflow_env)
     metrics = mlflow_env.get_run(run_id).data.metrics
-    history = {m.step: m.value for m in mlflow_env.get_metric_history(run_id, "early_stopping/dev_f1")}
+    history = {m.step: m.value for m in mlflow_env.get_metric_history(run_id, f"early_stopping/dev_{metric}")}
     assert set(history) <= {2, 4, 6, 8} and 2 in history
     assert metrics["best_step"] in history and history[metrics["best_step"]] == max(history.values())
     assert metrics["stopped_at_step"] == max(history)
-    # the run ends with the best parameters: its final dev F1 is the best one seen
-    assert metrics["student/dev_f1"] == pytest.approx(max(history.values()), abs=1e-9)
+    # the run ends with the best parameters: its final dev score is the best one seen
+    assert metrics[final] == pytest.approx(max(history.values()), abs=1e-9)
 
 
 def test_patience_without_eval_every_is_exit_2(mlflow_env, tiny_model_args):
     result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--patience", "2"])
     assert result.exit_code == 2, result.output
     assert "patience needs eval_every" in result.output
+
+
+def test_lora_in_the_top_blocks_fills_the_prefix_cache_once(mlflow_env, tiny_model_args, tmp_path):
+    runner = CliRunner()
+    first = runner.invoke(train.cli, tiny_model_args + FAST + ["--lora-layers", "1"])
+    assert first.exit_code == 0, first.output
+    shards = list((tmp_path / "cache" / "prefix_states").rglob("shard-*.safetensors"))
+    assert shards, "the prefix states were not written to the cache folder"
+    second = runner.invoke(train.cli, tiny_model_args + FAST + ["--lora-layers", "1", "--seed", "1"])
+    assert second.exit_code == 0, second.output
+    first_run, second_run = (mlflow_env.get_run(r) for r in reversed(run_ids(mlflow_env)))
+    # texts that tokenize alike (truncated, or unknown words to the tiny vocabulary) share one entry
+    assert 0 < first_run.data.metrics["prefix_cache_computed"] <= first_run.data.metrics["prefix_cache_texts"]
+    assert second_run.data.metrics["prefix_cache_computed"] == 0  # every state read back from disk
+    assert second_run.data.params["encoder.lora_layers"] == "1"
+    adapter = json.loads(Path(mlflow_env.download_artifacts(second_run.info.run_id, "student/adapter_config.json"))
+                         .read_text())
+    assert adapter["layers_to_transform"] == [2]  # the tiny student has 3 blocks: LoRA in the top one only
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "some"])
+def test_lora_layers_must_be_a_count_or_all(mlflow_env, tiny_model_args, value):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--lora-layers", value])
+    assert result.exit_code == 2 and "a number of blocks >= 1 or 'all'" in result.output
+
+
+@pytest.mark.parametrize("extra, reason", [(["--no-filter"], "--no-filter"), (["--loss-parts", "sup"],
+                                                                            "--loss-parts sup"), ([], None)],
+                         ids=["no-filter", "sup-only", "filter-applies"])
+def test_the_filter_share_is_reported_only_when_the_filter_acts(mlflow_env, tiny_model_args, extra, reason):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + extra)
+    assert result.exit_code == 0, result.output
+    metrics = mlflow_env.get_run(run_ids(mlflow_env)[0]).data.metrics
+    if reason:
+        assert f"noise filter: not applied ({reason}" in result.output and "dropped" not in result.output
+        assert not any(k.startswith("filter_") for k in metrics)
+    else:
+        assert "noise filter: dropped" in result.output and "filter_fraction_dropped" in metrics
+
+
+def test_summary_names_the_teacher_and_goes_to_the_output_dir(mlflow_env, tiny_model_args, tmp_path):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--output-dir", str(tmp_path / "mine")])
+    assert result.exit_code == 0, result.output
+    (run_id,) = run_ids(mlflow_env)
+    summary = json.loads((tmp_path / "mine" / run_id / "summary.json").read_text())
+    assert summary["run_id"] == run_id and summary["test_average_precision"] >= 0
+    assert "taught by: the base teacher" in result.output and "not fine-tuned on this data" in result.output
+    for row in ("student", "teacher (base)", "all-positive baseline"):
+        assert row in result.output[result.output.index("on test"):]
+    assert not (tmp_path / "outputs" / "last_train.json").exists()

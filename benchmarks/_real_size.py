@@ -1,0 +1,76 @@
+"""What the real-size benchmarks share: their data, and one student training run recorded as a cell.
+
+``benchmarks.stability`` and ``benchmarks.headline`` train the packaged student with
+``pipelines.train.train_student`` on thousands of real pairs, one MLflow child run per (dataset, variant, seed),
+and keep per cell the dev/test figures, the scores of every evaluated pair, the divergence guard's warnings and
+each loss part averaged over every tenth of the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+
+from benchmarks.datasets import DEFAULT_DATA_ROOT, build
+from components.composite_loss import LossConfig
+from components.lora_encoder import EncoderConfig
+from components.trainer import TrainConfig
+
+CURVES = ("loss/total", "loss/sup", "loss/dist", "loss/mcl", "grad_norm")
+
+
+def build_real(dataset: str, counts: dict[str, int | None], teacher: str, cache_dir: str | None,
+               data_root: Path = DEFAULT_DATA_ROOT) -> dict:
+    """Splits of ``dataset`` at ``counts`` (``max_train``, ``max_dev``, ``max_test``); MEDIQA's dev grows from its
+    training file to ``max_dev`` pairs; banking77's hard negatives come from the base ``teacher``."""
+    from benchmarks.quality import teacher_scorer
+
+    embed = teacher_scorer(teacher, cache_dir).encode if dataset == "banking77" else None
+    return build(dataset, data_root, **counts, seed=0, embed=embed, min_dev=counts.get("max_dev") or 0)
+
+
+def deciles(values: list[float]) -> list[float]:
+    """Mean of each tenth of a series (by step order)."""
+    chunks = np.array_split(np.asarray(values, dtype=float), 10)
+    return [float(c.mean()) if len(c) else float("nan") for c in chunks]
+
+
+def train_cell(name: str, splits: dict, encoder: EncoderConfig, loss: LossConfig, train: TrainConfig,
+               teacher_dir: Path, cache_dir: str | None, experiment: str, tags: dict[str, str],
+               no_filter: bool = False) -> dict[str, Any]:
+    """One student run as a nested MLflow run ``name``: figures, scores per split, guard, curves, seconds."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import _mlflow
+    from pipelines.train import train_student
+
+    started = time.perf_counter()
+    with _mlflow.run(name, experiment, nested=True) as child:
+        mlflow.set_tags(tags)
+        _mlflow.log_params({"encoder": encoder.to_dict(), "loss": loss.to_dict(), "train": train.to_dict(),
+                            "filter": {"disabled": no_filter}})
+        result = train_student(splits, student="smollm2-135m", teacher=str(teacher_dir), cache_dir=cache_dir,
+                               encoder_config=dataclasses.replace(encoder), loss_config=loss, train_config=train,
+                               filter_scope="teacher_terms", no_filter=no_filter, progress=False, log=True)
+        run_id = child.info.run_id
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    curves = {}
+    for key in CURVES:
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        if history:
+            curves[key] = deciles([m.value for m in history])
+    metrics = {k: float(v) for k, v in result.metrics.items() if not k.startswith("teacher_")}
+    return {"run_id": run_id, "metrics": metrics, "scores": {k: v.tolist() for k, v in result.scores.items()},
+            "teacher_dev_ap": result.metrics.get("teacher_dev_average_precision"),
+            "guard_warnings": int(run.data.metrics.get("guard_warnings", 0)),
+            "guard": run.data.tags.get("flipkd.guard", ""),
+            "filter_fraction_dropped": run.data.metrics.get("filter_fraction_dropped"),
+            "train_pairs_per_s": run.data.metrics.get("train_pairs_per_s"), "curves": curves,
+            "sizes": {split: len(frame) for split, frame in splits.items()}, "steps": int(train.max_steps or 0),
+            "seconds": time.perf_counter() - started}

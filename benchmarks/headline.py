@@ -1,0 +1,384 @@
+"""Headline benchmark: the flipped student against the fine-tuned teacher that taught it, at real sizes.
+
+    python -m benchmarks.headline --budget 150m      # run the missing cells that fit, in a fixed order, then stop
+    python -m benchmarks.headline --render           # rewrite RESULTS.md and headline.json from the stored cells
+    python -m benchmarks.headline --best w_dist=2 --best temperature=0.1   # the flip setting chosen on dev
+
+Data (``benchmarks.datasets``, from ``../shared/data``): banking77 (2,000 train / 600 dev pairs built inside the
+train file's utterances, 1,600 test pairs built from its test utterances), mediqa2019_rqe (2,000 train pairs; dev =
+the 295 validation pairs plus whole groups of training pairs up to 600; the whole test file, 230 pairs) and
+stsbenchmark (2,000 train, 600 dev, the whole test file, 1,378 pairs). Dev chooses every threshold, checkpoint and
+setting; test is read once per cell.
+
+Variants, per dataset: ``teacher_base`` (the off-the-shelf MiniLM), ``teacher_finetuned`` (MiniLM fine-tuned with
+CoSENT on train for E epochs, E in ``TEACHER_EPOCHS`` chosen on dev AP: every E is a cell), then over 3 seeds, all
+distilled from that teacher: ``sup_only`` (L_sup alone), ``flip_full`` (train's defaults) and ``flip_best`` (train's
+defaults plus the ``--best`` settings, chosen on dev: RESULTS.md, "settings tried"). Beside them, apart from the
+student rows: ``mix``, a logistic fit on dev of the fine-tuned teacher's and the flipped student's scores.
+
+Reported on test: F1 at the dev threshold, AP and ROC-AUC per seed (mean ± std), and for the seed-averaged scores
+(each pair's score averaged over the seeds, its threshold chosen on dev the same way) F1 with a paired bootstrap
+95% interval over test pairs of flip minus teacher_finetuned and flip minus sup_only.
+
+Cells are stored the moment they finish (``benchmarks/results/headline_cells.json``: figures and every dev/test
+score, keyed by dataset, variant, seed and settings hash) and skipped by a later run with the same settings, so the
+table fills over several sittings; RESULTS.md names the cells still missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from benchmarks import _results
+from benchmarks._cells import Budget, CellStore, cell_key, parse_budget
+from benchmarks._real_size import build_real, train_cell
+from benchmarks.datasets import DATASETS
+from components.composite_loss import LossConfig
+from components.lora_encoder import EncoderConfig
+from components.metrics import average_precision, best_f1_threshold, classification_metrics, roc_auc
+from components.models import TEACHER_DEFAULT
+from components.teacher_finetune import TeacherFinetuneConfig
+from components.trainer import TrainConfig
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+CELLS_FILE, SUMMARY_FILE = RESULTS_DIR / "headline_cells.json", RESULTS_DIR / "headline.json"
+EXPERIMENT = "flipkd-benchmark"
+COUNTS = {"banking77": {"max_train": 2000, "max_dev": 600, "max_test": 1600},
+          "mediqa2019_rqe": {"max_train": 2000, "max_dev": 600, "max_test": None},
+          "stsbenchmark": {"max_train": 2000, "max_dev": 600, "max_test": None}}
+TEACHER_EPOCHS = (1, 2, 4)
+STUDENTS = {"sup_only": ("sup",), "flip_full": ("sup", "dist", "mcl"), "flip_best": ("sup", "dist", "mcl")}
+SEEDS = (0, 1, 2)
+BOOTSTRAP = 2000
+ASSUMED_SECONDS = {"teacher": 120.0, "student": 300.0}
+
+
+# ----------------------------------------------------------------------------------------------- settings
+
+
+@dataclasses.dataclass
+class Settings:
+    encoder: EncoderConfig
+    loss: LossConfig
+    train: TrainConfig
+    best: tuple[str, ...]
+    teacher: str = TEACHER_DEFAULT
+
+    def student(self, variant: str) -> tuple[EncoderConfig, LossConfig, TrainConfig]:
+        """The configs of one student variant (``flip_best`` adds the ``--best`` settings)."""
+        from benchmarks.quality import apply_overrides
+
+        encoder, loss, train = (dataclasses.replace(c) for c in (self.encoder, self.loss, self.train))
+        if variant == "flip_best":
+            apply_overrides({"encoder": encoder, "loss": loss, "train": train}, list(self.best))
+        return encoder, dataclasses.replace(loss, parts=STUDENTS[variant]), train
+
+    def student_hash(self, variant: str, teacher_epochs: int) -> str:
+        encoder, loss, train = self.student(variant)
+        data = {"encoder": encoder.to_dict(), "loss": loss.to_dict(),
+                "train": {k: v for k, v in train.to_dict().items() if k != "seed"}, "teacher": self.teacher,
+                "teacher_epochs": teacher_epochs}
+        return _hash(data)
+
+    def brief(self, variant: str) -> str:
+        encoder, loss, train = self.student(variant)
+        steps = f"{train.max_steps} steps" if train.max_steps else f"{train.epochs:g} epochs"
+        return (f"lr {train.learning_rate:g}, {steps} of {train.batch_size}, clip {train.clip_mode} "
+                f"{train.clip_value:g}, w {loss.w_sup:g}/{loss.w_dist:g}/{loss.w_mcl:g}, tau {loss.temperature:g}, "
+                f"rank {encoder.rank}, "
+                f"LoRA blocks {encoder.lora_layers or 'all'}, precision {train.precision}"
+                + (f"; best: {', '.join(self.best)}" if variant == "flip_best" and self.best else ""))
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def teacher_hash(teacher: str, epochs: int | None) -> str:
+    config = dataclasses.asdict(TeacherFinetuneConfig(epochs=epochs, seed=0)) if epochs else None
+    return _hash({"teacher": teacher, "finetune": config})
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+
+
+def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    return classification_metrics(scores, labels, threshold)["f1"]
+
+
+def paired_bootstrap_f1(labels: np.ndarray, first: np.ndarray, second: np.ndarray, n: int = BOOTSTRAP,
+                        seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of F1(first) - F1(second) over test pairs resampled with replacement (the same
+    resample for both: paired). ``first``/``second`` are the boolean decisions."""
+    labels, first, second = (np.asarray(x, dtype=bool) for x in (labels, first, second))
+    index = np.random.default_rng(seed).integers(0, len(labels), size=(n, len(labels)))
+    y = labels[index]
+
+    def f1(decisions: np.ndarray) -> np.ndarray:
+        d = decisions[index]
+        tp = (d & y).sum(1)
+        return 2 * tp / np.maximum(2 * tp + (d & ~y).sum(1) + (~d & y).sum(1), 1)
+
+    low, high = np.percentile(f1(first) - f1(second), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def scored(dev: np.ndarray, test: np.ndarray, dev_labels: np.ndarray, test_labels: np.ndarray) -> dict[str, Any]:
+    """Test figures of scores whose threshold is chosen on dev, and the test decisions."""
+    threshold = best_f1_threshold(dev, dev_labels)
+    return {"threshold": threshold, "f1": f1_at(test, test_labels, threshold),
+            "ap": average_precision(test, test_labels), "roc_auc": roc_auc(test, test_labels),
+            "dev_ap": average_precision(dev, dev_labels), "decisions": test >= threshold}
+
+
+def mix_scores(dev: list[np.ndarray], test: list[np.ndarray], dev_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A logistic fit on dev of several score columns; returns its dev and test probabilities."""
+    from sklearn.linear_model import LogisticRegression
+
+    x_dev, x_test = np.column_stack(dev), np.column_stack(test)
+    model = LogisticRegression().fit(x_dev, dev_labels)
+    return model.predict_proba(x_dev)[:, 1], model.predict_proba(x_test)[:, 1]
+
+
+# ----------------------------------------------------------------------------------------------- cells
+
+
+def teacher_cell(dataset: str, splits: dict, settings: Settings, epochs: int | None, cache_dir: str | None) -> dict:
+    from benchmarks.quality import finetune_cached, teacher_scorer
+
+    path: str | Path = settings.teacher
+    if epochs:
+        path, _ = finetune_cached(dataset, splits, settings.teacher, TeacherFinetuneConfig(epochs=epochs, seed=0),
+                                  cache_dir)
+    scorer = teacher_scorer(path, cache_dir)
+    scores = {name: scorer.pair_cosine(list(f["text_a"]), list(f["text_b"])) for name, f in splits.items()
+              if name != "train"}
+    return {"scores": {k: np.round(v, 6).tolist() for k, v in scores.items()}, "folder": str(path),
+            "dev_ap": average_precision(scores["dev"], splits["dev"]["match"].to_numpy())}
+
+
+def student_cell(dataset: str, splits: dict, settings: Settings, variant: str, seed: int, teacher_dir: str,
+                 cache_dir: str | None) -> dict:
+    encoder, loss, train = settings.student(variant)
+    train = dataclasses.replace(train, seed=seed)
+    cell = train_cell(f"{dataset}/{variant}/seed{seed}", splits, encoder, loss, train, Path(teacher_dir), cache_dir,
+                      EXPERIMENT, {"flipkd.benchmark": "headline", "benchmark.dataset": dataset,
+                                   "benchmark.variant": variant, "benchmark.seed": str(seed)})
+    cell["scores"] = {k: np.round(v, 6).tolist() for k, v in cell["scores"].items()}
+    cell["brief"] = settings.brief(variant)
+    return cell
+
+
+def plan(datasets: list[str], settings: Settings, seeds: tuple[int, ...], chosen_epochs: dict[str, int | None]
+         ) -> list[tuple[str, str, int, str]]:
+    """Every cell in the fixed order they run: (dataset, variant, seed, key)."""
+    order = []
+    for dataset in datasets:
+        order.append((dataset, "teacher_base", 0, cell_key(dataset, "teacher_base", 0,
+                                                           teacher_hash(settings.teacher, None))))
+        for epochs in TEACHER_EPOCHS:
+            name = f"teacher_ft_e{epochs}"
+            order.append((dataset, name, 0, cell_key(dataset, name, 0, teacher_hash(settings.teacher, epochs))))
+        epochs = chosen_epochs.get(dataset)
+        for seed in seeds:
+            for variant in STUDENTS:
+                if variant == "flip_best" and not settings.best:
+                    continue
+                key = cell_key(dataset, variant, seed, settings.student_hash(variant, epochs or 0))
+                order.append((dataset, variant, seed, key))
+    return order
+
+
+def chosen_teacher(store: CellStore, dataset: str, teacher: str) -> tuple[int | None, dict | None]:
+    """The fine-tuning epochs with the best dev AP among the stored ones (all of TEACHER_EPOCHS must be there)."""
+    found = {e: store.get(cell_key(dataset, f"teacher_ft_e{e}", 0, teacher_hash(teacher, e))) for e in TEACHER_EPOCHS}
+    if any(cell is None for cell in found.values()):
+        return None, None
+    epochs = max(found, key=lambda e: found[e]["dev_ap"])
+    return epochs, found[epochs]
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def summarise(store: CellStore, datasets: list[str], settings: Settings, seeds: tuple[int, ...],
+              labels: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dataset in datasets:
+        dev_y, test_y = labels[dataset]["dev"], labels[dataset]["test"]
+        epochs, teacher = chosen_teacher(store, dataset, settings.teacher)
+        order = plan([dataset], settings, seeds, {dataset: epochs})
+        missing = [f"{v}/seed{s}" for _, v, s, key in order if key not in store]
+        rows: dict[str, Any] = {}
+        base = store.get(order[0][3])
+        for name, cell in (("teacher_base", base), ("teacher_finetuned", teacher)):
+            if cell is not None:
+                rows[name] = scored(np.array(cell["scores"]["dev"]), np.array(cell["scores"]["test"]), dev_y, test_y)
+        for variant in STUDENTS:
+            cells = [store.get(key) for _, v, _, key in order if v == variant]
+            cells = [c for c in cells if c is not None]
+            if not cells:
+                continue
+            per_seed = [scored(np.array(c["scores"]["dev"]), np.array(c["scores"]["test"]), dev_y, test_y)
+                        for c in cells]
+            dev_mean = np.mean([c["scores"]["dev"] for c in cells], axis=0)
+            test_mean = np.mean([c["scores"]["test"] for c in cells], axis=0)
+            row = scored(dev_mean, test_mean, dev_y, test_y)
+            row.update({f"{k}_seeds": [p[k] for p in per_seed] for k in ("f1", "ap", "roc_auc", "dev_ap")})
+            row.update({"seeds": len(cells), "brief": cells[0]["brief"], "dev_mean": dev_mean, "test_mean": test_mean,
+                        "guard_warnings": sum(c["guard_warnings"] for c in cells),
+                        "seconds": float(np.mean([c["seconds"] for c in cells]))})
+            rows[variant] = row
+        flip = "flip_best" if settings.best and "flip_best" in rows else "flip_full"
+        cis = {}
+        if flip in rows:
+            for other in ("teacher_finetuned", "sup_only"):
+                if other in rows:
+                    cis[other] = paired_bootstrap_f1(test_y, rows[flip]["decisions"], rows[other]["decisions"])
+            if "teacher_finetuned" in rows:
+                dev_p, test_p = mix_scores([np.array(teacher["scores"]["dev"]), rows[flip]["dev_mean"]],
+                                           [np.array(teacher["scores"]["test"]), rows[flip]["test_mean"]],
+                                           dev_y)
+                rows["mix"] = scored(dev_p, test_p, dev_y, test_y)
+        out[dataset] = {"rows": rows, "flip": flip, "cis": cis, "missing": missing, "teacher_epochs": epochs,
+                        "sizes": {k: int(len(v)) for k, v in labels[dataset].items()}}
+    return out
+
+
+def _seed_stat(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
+
+
+def render(summary: dict[str, Any], command: str) -> str:
+    lines = [f"Command: `{command}` (cells stored as they finish; `--budget` runs the missing ones). Test F1 at the "
+             "threshold chosen on dev; students: per-seed mean ± std, and F1 of the seed-averaged scores with the "
+             "paired bootstrap 95% interval (2,000 resamples of the test pairs) against the fine-tuned teacher and "
+             "sup_only."]
+    for dataset, s in summary.items():
+        sizes = "/".join(str(s["sizes"].get(k, "?")) for k in ("train", "dev", "test"))
+        lines += ["", f"**{dataset}** (pairs train/dev/test {sizes}; teacher fine-tuned "
+                      f"{s['teacher_epochs'] or '?'} epoch(s), chosen on dev AP)", "",
+                  "| variant | test F1 per seed | test F1 seed-averaged | test AP | test ROC-AUC | dev AP | guard |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, row in s["rows"].items():
+            if name == "mix":
+                continue
+            per_seed = _seed_stat(row["f1_seeds"]) if "f1_seeds" in row else "-"
+            ap = _seed_stat(row["ap_seeds"]) if "ap_seeds" in row else f"{row['ap']:.3f}"
+            auc = _seed_stat(row["roc_auc_seeds"]) if "roc_auc_seeds" in row else f"{row['roc_auc']:.3f}"
+            lines.append(f"| `{name}` | {per_seed} | {row['f1']:.3f} | {ap} | {auc} | {row['dev_ap']:.3f} | "
+                         f"{row.get('guard_warnings', '-')} |")
+        if "mix" in s["rows"]:
+            m = s["rows"]["mix"]
+            lines += ["", f"Apart from the students: `mix` (logistic fit on dev of the fine-tuned teacher and "
+                          f"`{s['flip']}` seed-averaged scores): test F1 {m['f1']:.3f}, AP {m['ap']:.3f}, ROC-AUC "
+                          f"{m['roc_auc']:.3f}."]
+        for other, (low, high) in s["cis"].items():
+            lines.append(f"- `{s['flip']}` minus `{other}`, test F1 of seed-averaged scores: "
+                         f"{s['rows'][s['flip']]['f1'] - s['rows'][other]['f1']:+.3f}, 95% interval "
+                         f"[{low:+.3f}, {high:+.3f}]")
+        if s["missing"]:
+            lines.append(f"- missing cells: {', '.join(s['missing'])}")
+    briefs = {row["brief"] for s in summary.values() for row in s["rows"].values() if "brief" in row}
+    lines += ["", "Student settings: " + " | ".join(sorted(briefs))]
+    return "\n".join(lines)
+
+
+def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"command": command, "best": list(settings.best)}
+    for dataset, s in summary.items():
+        rows, flip = s["rows"], s["flip"]
+        f1 = {name: row["f1"] for name, row in rows.items()}
+        out[dataset] = {
+            "teacher_finetuned_f1": f1.get("teacher_finetuned"), "teacher_base_f1": f1.get("teacher_base"),
+            "flip_f1": f1.get(flip), "flip_variant": flip, "sup_only_f1": f1.get("sup_only"),
+            "flip_full_f1": f1.get("flip_full"), "mix_f1": f1.get("mix"),
+            "flip_minus_teacher_ci": list(s["cis"]["teacher_finetuned"]) if "teacher_finetuned" in s["cis"] else None,
+            "flip_minus_sup_ci": list(s["cis"]["sup_only"]) if "sup_only" in s["cis"] else None,
+            "per_seed": {name: {k: row[k] for k in ("f1_seeds", "ap_seeds", "roc_auc_seeds", "dev_ap_seeds")}
+                         for name, row in rows.items() if "f1_seeds" in row},
+            "teacher_epochs": s["teacher_epochs"], "sizes": s["sizes"], "missing": s["missing"],
+            "settings": {name: row["brief"] for name, row in rows.items() if "brief" in row}}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- command
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--datasets", default=",".join(DATASETS), show_default=True, help="Comma list of datasets.")
+@click.option("--best", multiple=True, metavar="KEY=VALUE",
+              help="The flip setting chosen on dev (flip_best = train's defaults plus these); repeatable.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Settings of every student (EncoderConfig, LossConfig, TrainConfig fields); repeatable.")
+@click.option("--budget", default=None, help="Stop cleanly before this much wall time (e.g. 150m).")
+@click.option("--render", "render_only", is_flag=True, help="Only rewrite RESULTS.md and headline.json from the cells.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="flipkd cache folder.")
+def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], budget: str | None, render_only: bool,
+        cache_dir: str | None) -> None:
+    """The flipped student against its fine-tuned teacher and sup_only at real sizes (resumable)."""
+    from benchmarks.quality import apply_overrides
+    from pipelines import _mlflow
+
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    if not names or set(names) - set(DATASETS):
+        raise click.BadParameter(f"a comma list of {', '.join(DATASETS)}", param_hint="--datasets")
+    encoder, loss, train = EncoderConfig(), LossConfig(), TrainConfig()
+    apply_overrides({"encoder": encoder, "loss": loss, "train": train}, list(overrides))
+    settings = Settings(encoder, loss, train, tuple(best))
+    settings.student("flip_best")  # a bad --best key fails here, before any work
+    store = CellStore(CELLS_FILE)
+    clock = Budget(parse_budget(budget) if budget else None)
+    command = "python -m benchmarks.headline" + "".join(f" --best {b}" for b in best) + "".join(
+        f" --set {o}" for o in overrides)
+    splits_of: dict[str, dict] = {}
+    stopped = False
+    with _mlflow.run("headline", EXPERIMENT):
+        for dataset in names:
+            splits_of[dataset] = splits = build_real(dataset, COUNTS[dataset], settings.teacher, cache_dir)
+            if render_only or stopped:
+                continue
+            for _, variant, _, key in plan([dataset], settings, SEEDS, {}):
+                if variant.startswith("teacher") and key not in store:
+                    if not clock.allows(ASSUMED_SECONDS["teacher"]):
+                        stopped = True
+                        break
+                    epochs = int(variant.removeprefix("teacher_ft_e")) if "_e" in variant else None
+                    store.put(key, teacher_cell(dataset, splits, settings, epochs, cache_dir))
+                    click.echo(f"[headline] {dataset} {variant}: dev AP {store.get(key)['dev_ap']:.3f}")
+            epochs, teacher = chosen_teacher(store, dataset, settings.teacher)
+            if stopped or teacher is None:
+                continue
+            for _, variant, seed, key in plan([dataset], settings, SEEDS, {dataset: epochs}):
+                if variant.startswith("teacher") or key in store:
+                    continue
+                done = [c["seconds"] for k, c in store.cells.items() if k.startswith(f"{dataset}/") and "run_id" in c]
+                if not clock.allows(float(np.mean(done)) if done else ASSUMED_SECONDS["student"]):
+                    stopped = True
+                    break
+                cell = student_cell(dataset, splits, settings, variant, seed, teacher["folder"], cache_dir)
+                store.put(key, cell)
+                m = cell["metrics"]
+                click.echo(f"[headline] {dataset} {variant} seed {seed}: test F1 {m['test_f1']:.3f}, AP "
+                           f"{m['test_average_precision']:.3f}, dev AP {m['dev_average_precision']:.3f} "
+                           f"({cell['seconds']:.0f} s)")
+    if stopped:
+        click.echo(f"budget reached after {clock.elapsed() / 60:.0f} min: the missing cells run next time (same "
+                   "command); RESULTS.md names them")
+    labels = {d: {k: f["match"].to_numpy() for k, f in s.items()} for d, s in splits_of.items()}
+    summary = summarise(store, names, settings, SEEDS, labels)
+    data = headline_json(summary, settings, command)
+    SUMMARY_FILE.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    _results.write_section("headline", render(summary, command))
+    click.echo(render(summary, command))
+
+
+if __name__ == "__main__":
+    cli()

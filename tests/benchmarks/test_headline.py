@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from benchmarks._cells import CellStore
+from benchmarks.headline import Settings, chosen_teacher, headline_json, paired_bootstrap_f1, plan, render, summarise
+from components.composite_loss import LossConfig
+from components.lora_encoder import EncoderConfig
+from components.trainer import TrainConfig
+
+
+def test_paired_bootstrap_interval():
+    rng = np.random.default_rng(0)
+    labels = rng.random(400) < 0.5
+    same = rng.random(400) < 0.5
+    assert paired_bootstrap_f1(labels, same, same) == (0.0, 0.0)
+    good = np.where(rng.random(400) < 0.9, labels, ~labels)  # right 90% of the time
+    poor = np.where(rng.random(400) < 0.6, labels, ~labels)
+    low, high = paired_bootstrap_f1(labels, good, poor)
+    assert 0 < low < high
+    low, high = paired_bootstrap_f1(labels, poor, good)
+    assert low < high < 0
+
+
+def fake_store(tmp_path, with_students: bool) -> tuple[CellStore, Settings, dict]:
+    rng = np.random.default_rng(1)
+    labels = {"dev": rng.random(60) < 0.5, "test": rng.random(80) < 0.5}
+    settings = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ())
+    store = CellStore(tmp_path / "cells.json")
+
+    def scores(noise: float) -> dict[str, list[float]]:
+        return {k: (v + noise * rng.standard_normal(len(v))).tolist() for k, v in labels.items()}
+
+    for _, variant, _, key in plan(["d"], settings, (0, 1), {}):
+        if variant.startswith("teacher"):
+            noise = {"teacher_base": 1.0, "teacher_ft_e1": 0.8, "teacher_ft_e2": 0.5, "teacher_ft_e4": 0.7}[variant]
+            cell = {"scores": scores(noise), "folder": variant}
+            cell["dev_ap"] = 1.0 - noise  # e2 is the best on dev
+            store.put(key, cell)
+    epochs, _ = chosen_teacher(store, "d", settings.teacher)
+    if with_students:
+        for _, variant, seed, key in plan(["d"], settings, (0, 1), {"d": epochs}):
+            if not variant.startswith("teacher") and not (variant == "flip_full" and seed == 1):
+                store.put(key, {"scores": scores(0.3 if variant == "flip_full" else 0.6), "brief": variant,
+                                "guard_warnings": 0, "seconds": 10.0, "run_id": "r"})
+    return store, settings, labels
+
+
+def test_summary_chooses_the_teacher_on_dev_and_names_missing_cells(tmp_path):
+    store, settings, labels = fake_store(tmp_path, with_students=True)
+    summary = summarise(store, ["d"], settings, (0, 1), {"d": labels})["d"]
+    assert summary["teacher_epochs"] == 2
+    assert summary["missing"] == ["flip_full/seed1"]
+    assert summary["rows"]["sup_only"]["seeds"] == 2 and summary["rows"]["flip_full"]["seeds"] == 1
+    assert set(summary["cis"]) == {"teacher_finetuned", "sup_only"} and "mix" in summary["rows"]
+    text = render({"d": summary}, "python -m benchmarks.headline")
+    assert "missing cells: flip_full/seed1" in text and "| `teacher_finetuned` |" in text
+    data = headline_json({"d": summary}, settings, "cmd")["d"]
+    assert data["flip_variant"] == "flip_full" and len(data["flip_minus_teacher_ci"]) == 2
+    assert data["teacher_finetuned_f1"] == pytest.approx(summary["rows"]["teacher_finetuned"]["f1"])
+
+
+def test_students_wait_for_every_teacher_epoch(tmp_path):
+    store, settings, labels = fake_store(tmp_path, with_students=False)
+    del store.cells[next(k for k in store.cells if "teacher_ft_e4" in k)]
+    assert chosen_teacher(store, "d", settings.teacher) == (None, None)
+    summary = summarise(store, ["d"], settings, (0,), {"d": labels})["d"]
+    assert "teacher_ft_e4/seed0" in summary["missing"] and "flip_full" not in summary["rows"]
