@@ -177,12 +177,14 @@ def test_decision_rule():
     (["--faq", "missing.csv"], "no such file"),
     (["--faq", "faq_no_text.csv"], "missing column 'text'"),
     (["--faq", "faq_dup.csv"], "duplicate faq_id"),
+    (["--faq", "faq_invisible.csv"], "row 2, field 'text': empty or non-text FAQ text"),
     (["--top-k", "0"], "top-k"),
     (["--dev", "nope.jsonl"], "no such file"),
 ])
 def test_export_bad_input_is_exit_2_before_any_run(mlflow_env, tmp_path, args, match):
     (tmp_path / "faq_no_text.csv").write_text("faq_id,question\n1,hello\n")
     (tmp_path / "faq_dup.csv").write_text("faq_id,text\n1,hello\n1,again\n")
+    (tmp_path / "faq_invisible.csv").write_text("faq_id,text\n1,hello\n2,\u200b\u2060\n", encoding="utf-8")
     result = CliRunner().invoke(export.cli, ["--model", str(tmp_path), *args])
     assert result.exit_code == 2, result.output
     assert match in result.output
