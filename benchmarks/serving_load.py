@@ -240,7 +240,7 @@ def settings_text(settings: dict) -> str:
 
 
 COLUMNS = {"old": "today: old settings, old model", "old_same_model": "old settings, new model",
-           "new": "new settings, new model"}
+           "new": "new: new settings, new model"}
 
 
 def write_results(record: dict, output: Path) -> None:
@@ -268,7 +268,7 @@ def write_results(record: dict, output: Path) -> None:
         f"{record['cpu_count']} CPUs, CPU flags {' '.join(record.get('cpu_flags', [])) or 'unknown'}; urllib "
         f"clients on the same machine, one connection per request).",
         "",
-        "| figure | " + " | ".join(("old settings, same model" if key == "old" and "old_same_model" not in record
+        "| figure | " + " | ".join(("old settings, same model" if key == "old" and old_uri == record["model_uri"]
                                     else label) for key, label in COLUMNS.items() if key in record) + " |",
         "|---|" + "---|" * len(columns),
         row("serve settings", lambda c: settings_text(c["settings"])),
