@@ -42,21 +42,21 @@ from benchmarks._results import write_section
 from components.demo_data import demo_pairs
 from components.lora_encoder import EncoderConfig, LoraEncoder
 from components.models import STUDENT_DEFAULT, load_student, resolve_student
-from components.onnx_export import quantize_int8
 from pipelines import _mlflow
 from pipelines.evaluate import load_trained_encoder
 from pipelines.export import (
-    MODEL_FILE,
+    ENGINES,
     Faq,
     Gates,
     Limits,
     add_faq,
     check_parity,
+    choose_engine,
     export_engines,
+    measure_speed,
     pyfunc_arguments,
-    write_bundle,
 )
-from serving.onnx_pyfunc import THREADS_ENV, OnnxTextEncoder
+from serving.onnx_pyfunc import BATCHING_ENV, THREADS_ENV, OnnxTextEncoder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
 SERVE_TIMEOUT_S = 180
@@ -84,6 +84,20 @@ def _throughput(encode, texts: list[str], batch_size: int, repeats: int) -> floa
     return best
 
 
+def cpu_flags() -> list[str]:
+    """The instruction sets int8 and bf16 speed depends on, as /proc/cpuinfo names them (empty off Linux)."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return [f for f in wanted if f in flags]
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -98,15 +112,16 @@ def _post(port: int, payload: dict) -> dict:
 
 
 @contextlib.contextmanager
-def serve(model_path: Path, threads: int, log_path: Path):
-    """``mlflow models serve`` on 127.0.0.1 (bounded wait for /ping); the process group is stopped on exit."""
+def serve(model_path: Path | str, threads: int, log_path: Path, workers: int = 1, batching: bool = False):
+    """``mlflow models serve`` on 127.0.0.1 with ``workers`` uvicorn processes of ``threads`` ONNX Runtime threads
+    each, request batching on or off (bounded wait for /ping); the process group is stopped on exit."""
     port = _free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow_cli)] if mlflow_cli.exists() else [sys.executable, "-m", "mlflow"]
-    env = {**os.environ, THREADS_ENV: str(threads)}
+    env = {**os.environ, THREADS_ENV: str(threads), BATCHING_ENV: "1" if batching else "0"}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([*command, "models", "serve", "-m", str(model_path), "--env-manager", "local",
-                                 "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env, stdout=log,
+                                 "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + SERVE_TIMEOUT_S
@@ -183,13 +198,12 @@ def cli(model, student, threads, n_texts, n_requests, dev_pairs, quick, output, 
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="flipkd-bench-") as tmp:
         work = Path(tmp)
-        built = export_engines(encoder, work)  # int8: the export default (blockwise)
-        # the other int8 method, for comparison in the same run
-        other = quantize_int8(work / "fp32" / MODEL_FILE, work / "int8_dynamic" / MODEL_FILE, method="dynamic")
         limits = Limits(top_k=5)
-        bundles = {engine: write_bundle(encoder, work / engine, work / f"bundle_{engine}", engine=engine,
-                                        limits=limits) for engine in ("fp32", "int8", "int8_dynamic")}
-        parity = check_parity(encoder, bundles, dev, Gates(), "int8", threads=threads)["metrics"]
+        dev_texts = list(dict.fromkeys([*dev["text_a"], *dev["text_b"]]))
+        built = export_engines(encoder, work, list(ENGINES), limits, calibration_texts=dev_texts)
+        bundles = built["bundles"]
+        report = check_parity(encoder, bundles, dev, Gates(), threads=threads)
+        parity, failures = report["metrics"], report["failures"]
         onnx = {engine: OnnxTextEncoder(folder, threads=threads) for engine, folder in bundles.items()}
 
         def torch_encode(batch, size):
@@ -199,17 +213,30 @@ def cli(model, student, threads, n_texts, n_requests, dev_pairs, quick, output, 
             results[f"torch_fp32_b{size}_tps"] = _throughput(torch_encode, texts, size, repeats)
             for engine, served in onnx.items():
                 results[f"onnx_{engine}_b{size}_tps"] = _throughput(served.encode, texts, size, repeats)
-        results.update({k: parity[k] for k in ("fp32_max_abs_diff", "int8_min_cosine", "int8_dev_f1_delta",
-                                               "int8_dynamic_min_cosine", "int8_dynamic_dev_f1_delta")})
-        results.update({"torch_dev_f1": parity["torch_dev_f1"], "int8_dev_f1": parity["int8_dev_f1"]})
+        # the keys of earlier runs: ``int8`` was the blockwise engine
+        for size in (1, 32):
+            results[f"onnx_int8_b{size}_tps"] = results[f"onnx_int8_blockwise_b{size}_tps"]
+        results.update({"fp32_max_abs_diff": parity["fp32_max_abs_diff"],
+                        "int8_min_cosine": parity["int8_blockwise_min_cosine"],
+                        "int8_dev_f1_delta": parity["int8_blockwise_dev_f1_delta"],
+                        "torch_dev_f1": parity["torch_dev_f1"], "int8_dev_f1": parity["int8_blockwise_dev_f1"]})
+        for engine in ENGINES:
+            if engine != "fp32":
+                results.update({f"{engine}_{k}": parity[f"{engine}_{k}"] for k in (
+                    "min_cosine", "dev_f1_delta", "flipped_pairs", "dev_ap_delta", "gate_passed")})
+        # what `export` would serve here: the fastest engine passing the gates, timed as export times them
+        speeds = {e: measure_speed(folder, dev_texts[:48], threads) for e, folder in bundles.items() if not failures[e]}
+        served_engine = choose_engine("auto", failures, speeds)
+        results["served_b32_tps"] = results[f"onnx_{served_engine}_b32_tps"]
+        results["served_vs_torch_b32"] = results["served_b32_tps"] / results["torch_fp32_b32_tps"]
 
         import mlflow.pyfunc
 
-        add_faq(bundles["int8"], faq, threads)
+        add_faq(bundles[served_engine], faq, threads)
         model_path = work / "pyfunc"
         pair = {"dataframe_split": {"columns": ["text_a", "text_b"], "data": [[dev["text_a"][0], dev["text_b"][0]]]}}
         query = {"dataframe_split": {"columns": ["query"], "data": [[dev["text_a"][1]]]}}
-        mlflow.pyfunc.save_model(str(model_path), **pyfunc_arguments(bundles["int8"], limits.top_k, dev[
+        mlflow.pyfunc.save_model(str(model_path), **pyfunc_arguments(bundles[served_engine], limits.top_k, dev[
             ["text_a", "text_b"]].head(2)))
         with serve(model_path, threads, work / "serve.log") as port:
             pair_ms = _latencies(port, pair, n_requests)
@@ -217,12 +244,15 @@ def cli(model, student, threads, n_texts, n_requests, dev_pairs, quick, output, 
         results.update({"http_pair_p50_ms": statistics.median(pair_ms), "http_pair_p95_ms": _percentile(pair_ms, 95),
                         "http_faq_p50_ms": statistics.median(faq_ms), "http_faq_p95_ms": _percentile(faq_ms, 95)})
     results = {k: round(float(v), 2) if k.endswith(("_tps", "_ms")) else float(v) for k, v in results.items()}
-    record = {**results, "model": model or f"untrained:{student}", "untrained": model is None, "description": what,
+    record = {**results, "served_engine": served_engine, "cpu_flags": cpu_flags(),
+              "model": model or f"untrained:{student}", "untrained": model is None, "description": what,
               "quick": quick, "threads": threads, "texts": n_texts, "requests": n_requests,
               "parity_pairs": int(len(dev)), "exporter": built["export"]["exporter"],
-              "opset": built["export"]["opset"], "int8_method": built["quantize"]["method"],
-              "int8_block_size": built["quantize"].get("block_size"),
-              "int8_dynamic_fp32_down_proj": other["excluded_count"],
+              "opset": built["export"]["opset"], "int8_method": "blockwise",
+              "int8_block_size": built["quantize"]["int8_blockwise"].get("block_size"),
+              "int8_dynamic_fp32_down_proj": built["quantize"]["int8_dynamic"]["excluded_count"],
+              "int8_rowwise_smoothing_alpha": built["quantize"]["int8_rowwise"].get("smoothing_alpha"),
+              "gate_failures": {e: f for e, f in failures.items() if f},
               "representation_layer": encoder.layer_index, "machine": platform.machine(),
               "cpu_count": os.cpu_count(), "versions": _mlflow.package_versions()}
     output = Path(output)
@@ -237,31 +267,44 @@ def cli(model, student, threads, n_texts, n_requests, dev_pairs, quick, output, 
     return record
 
 
+ENGINE_LABELS = {"fp32": "ONNX fp32", "int8_rowwise": "int8 `rowwise` (per-row scales, smoothed)",
+                 "int8_blockwise": "int8 `blockwise` (MatMulNBits, blocks of 32)",
+                 "int8_dynamic": "int8 `dynamic` (per tensor, down_proj fp32)"}
+
+
 def markdown(record: dict) -> str:
     """The RESULTS.md section, rendered from the JSON record."""
     r = record
-    rows = [("texts/s, batch 32: torch fp32 / ONNX fp32 / ONNX int8",
-             f"{r['torch_fp32_b32_tps']} / {r['onnx_fp32_b32_tps']} / {r['onnx_int8_b32_tps']}"),
-            ("texts/s, batch 1: torch fp32 / ONNX fp32 / ONNX int8",
-             f"{r['torch_fp32_b1_tps']} / {r.get('onnx_fp32_b1_tps', '-')} / {r['onnx_int8_b1_tps']}"),
-            ("int8 / torch fp32, batch 32", f"{r['onnx_int8_b32_tps'] / r['torch_fp32_b32_tps']:.2f}x"),
-            ("fp32 max abs diff vs torch", f"{r['fp32_max_abs_diff']:.1e}"),
-            ("int8 min cosine vs torch", f"{r['int8_min_cosine']:.4f}"),
-            ("int8 dev F1 delta", f"{r['int8_dev_f1_delta']:+.4f}")]
-    if "onnx_int8_dynamic_b32_tps" in r:
-        rows += [("int8 `dynamic` (for comparison): texts/s batch 32 / batch 1",
-                  f"{r['onnx_int8_dynamic_b32_tps']} / {r['onnx_int8_dynamic_b1_tps']} "
-                  f"({r['onnx_int8_dynamic_b32_tps'] / r['torch_fp32_b32_tps']:.2f}x torch at batch 32)"),
-                 ("int8 `dynamic`: min cosine, dev F1 delta",
-                  f"{r['int8_dynamic_min_cosine']:.4f}, {r['int8_dynamic_dev_f1_delta']:+.4f}")]
-    rows += [("HTTP one pair p50 / p95, ms", f"{r.get('http_pair_p50_ms', '-')} / {r.get('http_pair_p95_ms', '-')}"),
-             ("HTTP one FAQ query p50 / p95, ms", f"{r.get('http_faq_p50_ms', '-')} / {r.get('http_faq_p95_ms', '-')}")]
-    method = r.get("int8_method", "dynamic")
-    method += f", blocks of {r['int8_block_size']}" if r.get("int8_block_size") else ""
+    torch32 = r["torch_fp32_b32_tps"]
+    rows = [f"| torch fp32 eager | {torch32} | {r['torch_fp32_b1_tps']} | 1.00x | - | - | - |"]
+    for engine, label in ENGINE_LABELS.items():
+        if f"onnx_{engine}_b32_tps" not in r:
+            continue
+        if engine == "fp32":
+            gate = f"max abs diff {r['fp32_max_abs_diff']:.1e}"
+            cosine, flips = "1.0000", "0"
+        else:
+            cosine = f"{r[f'{engine}_min_cosine']:.4f}"
+            flips = f"{int(r[f'{engine}_flipped_pairs'])}, AP {r[f'{engine}_dev_ap_delta']:+.4f}"
+            gate = "passes" if r[f"{engine}_gate_passed"] else "; ".join(r.get("gate_failures", {}).get(engine, [])) \
+                or "refused"
+        served = " **(served)**" if engine == r.get("served_engine") else ""
+        rows.append(f"| {label}{served} | {r[f'onnx_{engine}_b32_tps']} | {r[f'onnx_{engine}_b1_tps']} | "
+                    f"{r[f'onnx_{engine}_b32_tps'] / torch32:.2f}x | {cosine} | {flips} | {gate} |")
+    flags = " ".join(r.get("cpu_flags", [])) or "unknown"
     head = (f"Command: `python -m benchmarks.inference --model {r['model']}` ({r['description']}; {r['threads']} "
-            f"threads, exporter {r['exporter']} opset {r['opset']}, int8 {method}, {r['parity_pairs']} dev pairs "
-            f"for parity).")
-    return "\n".join([head, "", "| figure | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
+            f"threads, exporter {r['exporter']} opset {r['opset']}, {r['parity_pairs']} dev pairs for parity; "
+            f"CPU flags: {flags}).")
+    return "\n".join([
+        head, "",
+        "| engine | texts/s, batch 32 | texts/s, batch 1 | vs torch, batch 32 | min cosine | decisions changed "
+        "(dev pairs) | gates |",
+        "|---|---|---|---|---|---|---|", *rows, "",
+        f"`export` here serves **{r.get('served_engine', '-')}** (the fastest engine passing the gates): "
+        f"{r.get('served_b32_tps', '-')} texts/s at batch 32, {r.get('served_vs_torch_b32', 0):.2f}x torch fp32 "
+        f"eager. Served over HTTP (1 worker, {r['threads']} ONNX Runtime threads): one pair p50 / p95 "
+        f"{r.get('http_pair_p50_ms', '-')} / {r.get('http_pair_p95_ms', '-')} ms, one FAQ query p50 / p95 "
+        f"{r.get('http_faq_p50_ms', '-')} / {r.get('http_faq_p95_ms', '-')} ms."])
 
 
 if __name__ == "__main__":

@@ -3,7 +3,12 @@
     python -m benchmarks.serving_load [--requests 2000] [--concurrency 8] [--model-uri models:/flipkd@champion]
     python -m benchmarks.serving_load --quick --model-uri runs:/RUN_ID/model
 
-Starts ``mlflow models serve --env-manager local`` on 127.0.0.1 for ``--model-uri`` (a ``models:/`` or logged
+In one run it serves today's serving and the new one: today's serve settings (1 worker, 1 ONNX Runtime thread,
+no request batching) on ``--old-model-uri`` (e.g. a model exported with ``--serve int8_blockwise``, the engine
+export served before; default ``--model-uri``), then the new settings (``--workers``, ``--threads``,
+``--batching``; by default the same settings, which measured fastest here) on ``--model-uri``, and, when both
+differ, today's settings on ``--model-uri`` too. For each it starts
+``mlflow models serve --env-manager local`` on 127.0.0.1 for ``--model-uri`` (a ``models:/`` or logged
 model URI of the tracking store in ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``), then sends
 ``--requests`` requests from ``--concurrency`` client threads (urllib, one connection per request): a fixed
 mix of pair requests (1-4 pairs), embedding requests (1-8 texts) and FAQ queries (1-2; left out, and said so,
@@ -229,34 +234,67 @@ def summary(figures: dict) -> str:
             + ", ".join(f"{k} {v:.0f} MB" for k, v in figures["rss_after_by_process_mb"].items()) + ")")
 
 
+def settings_text(settings: dict) -> str:
+    return (f"{settings['workers']} worker(s) x {settings['threads']} ONNX Runtime thread(s), request batching "
+            f"{'on' if settings['batching'] else 'off'}")
+
+
+COLUMNS = {"old": "today: old settings, old model", "old_same_model": "old settings, new model",
+           "new": "new: new settings, new model"}
+
+
 def write_results(record: dict, output: Path) -> None:
     """``output`` (JSON) and the ``serving_load`` section of ``benchmarks/RESULTS.md``."""
     from benchmarks import _results
 
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    columns = [record[k] for k in COLUMNS if k in record]
     mix = ", ".join(f"{k} {v}" for k, v in sorted(record["mix"].items()))
+
+    def row(label: str, cell) -> str:
+        return f"| {label} | " + " | ".join(cell(c) for c in columns) + " |"
+
+    old_uri = record["old"]["model_uri"]
+    command = (f"python -m benchmarks.serving_load --requests {record['requests']} --concurrency "
+               f"{record['concurrency']} --model-uri {record['model_uri']}"
+               + (f" --old-model-uri {old_uri}" if old_uri != record["model_uri"] else ""))
+    ratios = [f"new / old requests/s: **{record['new_requests_per_s'] / record['old_requests_per_s']:.2f}x**"]
+    if "old_same_model" in record:
+        ratios.append(f"new settings / today's settings on the same model: "
+                      f"{record['new_requests_per_s'] / record['old_settings_same_model_requests_per_s']:.2f}x")
     _results.write_section("serving_load", "\n".join([
-        f"Command: `python -m benchmarks.serving_load --requests {record['requests']} --concurrency "
-        f"{record['concurrency']} --model-uri {record['model_uri']}` (`mlflow models serve --env-manager local`, "
-        f"1 worker, {record['threads']} ONNX Runtime thread(s), {record['cpu_count']} CPUs; urllib clients on the "
-        f"same machine, one connection per request).",
+        f"Command: `{command}` (`mlflow models serve --env-manager local`, started once per column in one run; "
+        f"{record['cpu_count']} CPUs, CPU flags {' '.join(record.get('cpu_flags', [])) or 'unknown'}; urllib "
+        f"clients on the same machine, one connection per request).",
         "",
-        "| figure | value |", "|---|---|",
-        f"| requests (mix) | {record['requests']} ({mix}) |",
-        f"| errors | {record['errors']} |",
-        f"| throughput, requests/s | {record['throughput_rps']:.1f} |",
-        f"| latency p50 / p90 / p99 / max, ms | {record['p50_ms']:.1f} / {record['p90_ms']:.1f} / "
-        f"{record['p99_ms']:.1f} / {record['max_ms']:.1f} |",
-        f"| server RSS after start-up / after the load / peak, MB | {record['rss_before_mb']:.0f} / "
-        f"{record['rss_after_mb']:.0f} / {record['rss_peak_mb']:.0f} |",
-        "| server RSS after the load, by process, MB | " + ", ".join(
-            f"{k.split(' ', 1)[-1]} {v:.0f}" for k, v in record["rss_after_by_process_mb"].items()) + " |",
-        f"| FAQ queries in the mix | {'yes' if record['faq'] else 'no (the model has no FAQ)'} |",
+        "| figure | " + " | ".join(("old settings, same model" if key == "old" and old_uri == record["model_uri"]
+                                    else label) for key, label in COLUMNS.items() if key in record) + " |",
+        "|---|" + "---|" * len(columns),
+        row("serve settings", lambda c: settings_text(c["settings"])),
+        row("served engine (model)", lambda c: f"{c.get('served_engine') or '-'} (`{c['model_uri']}`)"),
+        f"| requests (mix) | {record['requests']} ({mix}) |" + " the same |" * (len(columns) - 1),
+        row("errors", lambda c: str(c["errors"])),
+        row("throughput, requests/s", lambda c: f"{c['throughput_rps']:.1f}"),
+        row("latency p50 / p90 / p99 / max, ms",
+            lambda c: f"{c['p50_ms']:.1f} / {c['p90_ms']:.1f} / {c['p99_ms']:.1f} / {c['max_ms']:.1f}"),
+        row("server RSS after start-up / after the load / peak, MB",
+            lambda c: f"{c['rss_before_mb']:.0f} / {c['rss_after_mb']:.0f} / {c['rss_peak_mb']:.0f}"),
+        "",
+        "; ".join(ratios) + f". FAQ queries in the mix: {'yes' if record['faq'] else 'no (the model has no FAQ)'}.",
     ]))
 
 
 # ------------------------------------------------------------------------------------------ command
+
+
+def _served_engine(mlflow, uri: str) -> str | None:
+    """The engine an export logged for the model at ``uri`` (None for a model without the tag)."""
+    try:
+        info = mlflow.models.get_model_info(uri)
+    except Exception as err:  # any failure here means there is no model to serve
+        raise click.ClickException(f"cannot resolve {uri} in {mlflow.get_tracking_uri()}: {str(err)[:300]}") from None
+    return mlflow.MlflowClient().get_run(info.run_id).data.tags.get("flipkd.served_engine") if info.run_id else None
 
 
 def _demo_texts() -> list[str]:
@@ -266,49 +304,83 @@ def _demo_texts() -> list[str]:
     return list(dict.fromkeys([*frame["text_a"], *frame["text_b"]]))
 
 
+OLD_SETTINGS = {"workers": 1, "threads": 1, "batching": False}  # the serve settings before issue 21
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--requests", "n_requests", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True, help="Client threads.")
 @click.option("--model-uri", default=DEFAULT_MODEL_URI, show_default=True,
               help="The served model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/model or models:/m-ID.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="New settings: uvicorn worker processes (mlflow models serve -w).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="ONNX Runtime intra-op threads in the server ($FLIPKD_ONNX_THREADS).")
+              help="New settings: ONNX Runtime intra-op threads per worker ($FLIPKD_ONNX_THREADS).")
+@click.option("--batching/--no-batching", default=False, show_default=True,
+              help="New settings: concurrent requests share ONNX Runtime runs ($FLIPKD_BATCH_REQUESTS).")
+@click.option("--only-new", is_flag=True, help="Measure the new settings alone (a trial; nothing written).")
+@click.option("--old-model-uri", default=None,
+              help="The model today's settings serve (default: --model-uri), e.g. one exported with --serve "
+                   "int8_blockwise, the engine export served before; then today's settings are also measured on "
+                   "--model-uri.")
 @click.option("--budget", type=click.FloatRange(min=1), default=900.0, show_default=True,
-              help="Seconds after which no new request is started (the rest count as errors).")
+              help="Seconds per setting after which no new request is started (the rest count as errors).")
 @click.option("--quick", is_flag=True, help="A functional check: 100 requests, nothing written.")
 @click.option("--output", type=click.Path(dir_okay=False), default=str(RESULTS), show_default=True)
-def cli(n_requests, concurrency, model_uri, threads, budget, quick, output) -> dict:
-    """Throughput, latency percentiles and server memory of `mlflow models serve` under concurrent load."""
+def cli(n_requests, concurrency, model_uri, workers, threads, batching, only_new, old_model_uri, budget, quick,
+        output) -> dict:
+    """Throughput, latency and server memory of `mlflow models serve` under concurrent load, today's serve settings
+    against the new ones in one run."""
     import mlflow
 
-    from benchmarks.inference import serve
+    from benchmarks.inference import cpu_flags, serve
     from pipelines import _mlflow
 
     if quick:
         n_requests, budget = min(n_requests, 100), min(budget, 120.0)
     _mlflow.setup_tracking(None)
     os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())  # the server resolves the same URI
-    try:
-        mlflow.models.get_model_info(model_uri)
-    except Exception as err:  # any failure here means there is no model to serve
-        raise click.ClickException(f"cannot resolve --model-uri {model_uri} in {mlflow.get_tracking_uri()}: "
-                                   f"{str(err)[:300]}") from None
+    old_model_uri = old_model_uri or model_uri
+    engines = {uri: _served_engine(mlflow, uri) for uri in dict.fromkeys([model_uri, old_model_uri])}
+    served_engine = engines[model_uri]
     texts = _demo_texts()
+    new_settings = {"workers": workers, "threads": threads, "batching": batching}
+    settings = {"new": (model_uri, new_settings)}
+    if not only_new:
+        settings = {"old": (old_model_uri, OLD_SETTINGS), **settings}
+        if old_model_uri != model_uri and new_settings != OLD_SETTINGS:
+            settings = {**settings, "old_same_model": (model_uri, OLD_SETTINGS)}
+    measured: dict[str, dict] = {}
+    faq = True
     with tempfile.TemporaryDirectory(prefix="flipkd-serving-load-") as tmp:
-        with serve(model_uri, threads, Path(tmp) / "serve.log") as port:
-            faq = has_faq(port, texts[0])
-            mix = payload_mix(texts, queries=faq)
-            figures = measure(port, mix, n_requests, concurrency, budget)
-    click.echo(summary(figures))
+        for name, (uri, setting) in settings.items():
+            with serve(uri, setting["threads"], Path(tmp) / f"serve_{name}.log", workers=setting["workers"],
+                       batching=setting["batching"]) as port:
+                faq = has_faq(port, texts[0])
+                mix = payload_mix(texts, queries=faq)
+                figures = measure(port, mix, n_requests, concurrency, budget)
+            measured[name] = {**{k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()},
+                              "settings": setting, "model_uri": uri, "served_engine": engines[uri]}
+            click.echo(f"{name} ({settings_text(setting)}; {uri}, {engines[uri]}): {summary(figures)}")
+            for sample in figures["error_samples"]:
+                click.echo(f"error: {sample}", err=True)
     if not faq:
         click.echo("note: the model has no FAQ; the mix has pairs and texts only")
-    for sample in figures["error_samples"]:
-        click.echo(f"error: {sample}", err=True)
-    record = {**{k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}, "model_uri": model_uri,
-              "faq": faq, "threads": threads, "quick": quick, "machine": platform.machine(),
-              "cpu_count": os.cpu_count(), "versions": _mlflow.package_versions()}
-    if quick:
-        click.echo("--quick: results not written")
+    new = measured["new"]
+    record = {**{k: v for k, v in new.items() if k != "settings"}, "new": new, "model_uri": model_uri,
+              "served_engine": served_engine, "faq": faq, "threads": threads, "workers": workers,
+              "batching": batching, "quick": quick, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+              "cpu_flags": cpu_flags(), "versions": _mlflow.package_versions(),
+              "new_requests_per_s": new["throughput_rps"]}
+    if "old" in measured:
+        record.update(old=measured["old"], old_requests_per_s=measured["old"]["throughput_rps"])
+        click.echo(f"new / old requests/s: {new['throughput_rps'] / measured['old']['throughput_rps']:.2f}x")
+    if "old_same_model" in measured:
+        same = measured["old_same_model"]
+        record.update(old_same_model=same, old_settings_same_model_requests_per_s=same["throughput_rps"])
+        click.echo(f"new / today's settings on the same model: {new['throughput_rps'] / same['throughput_rps']:.2f}x")
+    if quick or only_new:
+        click.echo("--quick / --only-new: results not written")
     else:
         write_results(record, Path(output))
         click.echo(f"wrote {output} and the serving_load section of benchmarks/RESULTS.md")

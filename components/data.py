@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from components.visible_text import BLANK_MESSAGE, is_blank
+
 logger = logging.getLogger(__name__)
 
 CANONICAL_COLUMNS = ("text_a", "text_b", "label", "match", "pair_id")
@@ -395,9 +397,8 @@ def _clean_text(value: Any, max_chars: int, name: str, row: int, column: str,
         raise DataError(f"the text must be a string, found {type(value).__name__} ({value!r})",
                         file=name, row=row, field=column)
     text = value.strip()
-    if not text:
-        raise DataError("the text is empty" if not value else "the text is only whitespace",
-                        file=name, row=row, field=column)
+    if is_blank(text):
+        raise DataError("the text is empty" if not value else BLANK_MESSAGE, file=name, row=row, field=column)
     if len(text) > max_chars:
         truncated.append((row, column, len(text)))
         text = text[:max_chars]

@@ -6,7 +6,8 @@ truncated at the representation layer, the A matrix as the output head. It maps 
 The output is deliberately not called ``embedding``: with the dynamo exporter a graph output named like an
 internal value makes a model ONNX Runtime refuses to load (RECIPES.md).
 
-Int8 comes two ways. ``dynamic``: ONNX Runtime dynamic quantization of the MatMuls, one scale per
+Int8 comes three ways. ``rowwise`` (:mod:`components.int8_rowwise`): one activation scale per row, smoothed
+from calibration data. ``dynamic``: ONNX Runtime dynamic quantization of the MatMuls, one scale per
 activation tensor; the MLP ``down_proj`` MatMuls stay in fp32, their inputs carry the largest activation
 outliers (RECIPES.md). Their node names are found in the graph (by name or the exporter's name-scope
 metadata, else by weight shape), never hard-coded. ``blockwise``: 8-bit ``MatMulNBits`` with activations
@@ -32,6 +33,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from components.int8_rowwise import quantize_int8_rowwise
 from components.lora_encoder import LoraEncoder, MergedEncoder
 from components.onnx_session import make_session as ort_session  # noqa: F401  (re-exported)
 
@@ -140,7 +142,7 @@ def _needs_external_data(path: Path) -> bool:
         path.stat().st_size > TWO_GIB
 
 
-INT8_METHODS = ("dynamic", "blockwise")
+INT8_METHODS = ("dynamic", "blockwise", "rowwise")
 
 
 @contextlib.contextmanager
@@ -156,16 +158,20 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, exclude_down_proj: bool = True,
-                  per_channel: bool = False, method: str = "dynamic", block_size: int = 32) -> dict:
+                  per_channel: bool = False, method: str = "dynamic", block_size: int = 32,
+                  calibration: list[dict] | None = None) -> dict:
     """Int8 copy of the model's MatMuls.
 
     ``dynamic``: ONNX Runtime dynamic quantization, one int8 scale per activation tensor (fast; the
     ``down_proj`` MatMuls stay fp32 when asked). ``blockwise``: see :func:`quantize_int8_blockwise`.
+    ``rowwise``: one scale per activation row, smoothed with ``calibration`` batches (:mod:`components.int8_rowwise`).
     """
     if method not in INT8_METHODS:
         raise ValueError(f"int8 method must be one of {INT8_METHODS}, got {method!r}")
     if method == "blockwise":
         return quantize_int8_blockwise(fp32_path, int8_path, block_size)
+    if method == "rowwise":
+        return quantize_int8_rowwise(fp32_path, int8_path, calibration=calibration)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)

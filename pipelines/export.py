@@ -1,18 +1,25 @@
-"""``export``: a trained student -> ONNX (fp32 and int8) -> parity gates -> a deployable MLflow pyfunc model.
+"""``export``: a trained student -> ONNX engines -> parity gates -> the fastest passing engine as an MLflow pyfunc.
 
 Steps: rebuild the trained student (run id, ``runs:/``, ``models:/`` or folder); merge LoRA and truncate at the
-representation layer; export it to ONNX (:func:`components.onnx_export.export_onnx`); quantize a copy to int8
-with the MLP ``down_proj`` MatMuls kept fp32; check both against torch ``encode`` on the dev texts through the
-*serving* path (the tokenizers library, as the deployed model tokenizes):
+representation layer; export it to ONNX (:func:`components.onnx_export.export_onnx`); make the int8 copies of
+:data:`ENGINES` (``rowwise``: per-row activation scales, smoothed from the dev texts as calibration data;
+``blockwise``: ``MatMulNBits``; ``dynamic``: one scale per tensor, ``down_proj`` fp32); check each against torch
+``encode`` on the dev pairs through the *serving* path (the tokenizers library, as the deployed model tokenizes):
 
-- fp32: max absolute difference of z <= 1e-4 (``--fp32-tolerance``);
-- int8: min cosine >= 0.99 (``--int8-min-cosine``) and dev F1 at the stored threshold within 0.005 of torch
-  (``--f1-tolerance``).
+- every engine: the fp32 file's max absolute difference of z <= 1e-4 (``--fp32-tolerance``) and serving token
+  ids equal to the training tokenizer's;
+- int8 engines, a paired decision test: min cosine >= 0.99 (``--int8-min-cosine``), at most 1% of the dev pairs
+  (``--max-flipped-share``) or 1 pair (``--min-flipped-pairs``), whichever is larger, decided differently from
+  torch at the stored threshold, and dev AP within 0.01 of torch's (``--ap-tolerance``).
 
-The fp32 gate always applies; the int8 gates apply when int8 is the served file (``--serve int8``, the default).
-When every applicable gate passes, the run logs a pyfunc model ``model`` (see :mod:`serving.onnx_pyfunc`) and
-the tag ``flipkd.deployable=true``. Otherwise no model is logged, the tag is ``false`` with the reason in
-``flipkd.not_deployable_reason``, and the command exits with code 2 after saying why.
+``--serve auto`` (the default) times every engine that passes on ``--speed-texts`` dev texts and serves the
+fastest, so the choice fits the CPU the export runs on (int8 is fast only with VNNI/AMX); ``--serve ENGINE``
+forces one. The figures, the choice and its reasons are logged (metrics ``<engine>_tps``, ``<engine>_*``,
+``served_*``; tag ``flipkd.served_engine``; ``export_report.json``). The logged pyfunc model ``model`` carries
+only the served ONNX file and the serving code (see :mod:`serving.onnx_pyfunc`); the tag
+``flipkd.deployable=true``. When the engine asked for fails its gates, no model is logged, the tag is ``false``
+with the reason in ``flipkd.not_deployable_reason``, and the command exits with code 2 naming the options that
+give a deployable model.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +39,8 @@ import pandas as pd
 from components.data import DataError, read_pairs
 from components.lora_encoder import LoraEncoder
 from components.metrics import classification_metrics
-from components.onnx_export import INT8_METHODS, compare, export_onnx, quantize_int8
+from components.onnx_export import compare, export_onnx, quantize_int8
+from components.visible_text import is_blank
 from pipelines import _mlflow
 from pipelines._data import DataArgs, load_splits
 from pipelines._options import POSITIVE, UNIT, common_options, option
@@ -49,18 +58,38 @@ from serving.onnx_pyfunc import (
 )
 
 MODEL_NAME = "model"
-ENGINES = ("int8", "fp32")
+# engine -> quantize_int8 keyword arguments (fp32: the exported file itself); the export serves the fastest that
+# passes its gates (``--serve auto``) or the one named
+ENGINES: dict[str, dict] = {
+    "fp32": {},
+    "int8_rowwise": {"method": "rowwise"},
+    "int8_blockwise": {"method": "blockwise", "block_size": 32},
+    "int8_dynamic": {"method": "dynamic", "exclude_down_proj": True},
+}
+SERVE_CHOICES = ("auto", "int8", *ENGINES)  # int8: the int8 engine of --int8-method
 PIP_REQUIREMENTS = ["onnxruntime", "tokenizers", "numpy", "pandas"]
-GATE_METRICS = ("fp32_max_abs_diff", "int8_min_cosine", "int8_dev_f1_delta", "dev_f1", "torch_dev_f1",
-                "fp32_dev_f1", "int8_dev_f1", "tokenizer_mismatches")
+GATE_METRICS = ("fp32_max_abs_diff", "served_min_cosine", "served_flipped_pairs", "served_dev_ap_delta",
+                "served_dev_f1_delta", "served_b32_tps", "dev_f1", "torch_dev_f1", "tokenizer_mismatches")
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass
 class Gates:
+    """What an engine must keep of torch's output on the dev pairs to be served.
+
+    int8 engines: min cosine of z, the decisions (``score >= threshold``) that differ from torch's (at most
+    ``max_flipped_share`` of the pairs or ``min_flipped_pairs``, whichever is larger: on a small dev split one pair
+    sitting on the threshold flips under any quantization noise) and the change of average precision.
+    """
+
     fp32_tolerance: float = 1e-4
     int8_min_cosine: float = 0.99
-    f1_tolerance: float = 0.005
+    max_flipped_share: float = 0.01
+    min_flipped_pairs: int = 1
+    ap_tolerance: float = 0.01
+
+    def allowed_flips(self, pairs: int) -> int:
+        return max(self.min_flipped_pairs, int(self.max_flipped_share * pairs))
 
 
 @dataclass
@@ -107,7 +136,7 @@ def read_faq(path: str | Path) -> Faq:
     for row, (faq_id, text) in enumerate(zip(frame["faq_id"], frame["text"], strict=True), start=1):
         if faq_id is None or (isinstance(faq_id, float) and np.isnan(faq_id)) or not str(faq_id).strip():
             raise DataError("empty faq_id", file=name, row=row, field="faq_id")
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or is_blank(text):
             raise DataError("empty or non-text FAQ text", file=name, row=row, field="text")
         ids.append(str(faq_id).strip())
         texts.append(text)
@@ -147,15 +176,34 @@ def source_run_id(model: str) -> str | None:
 # ------------------------------------------------------------------------------------------ building
 
 
-def export_engines(encoder: LoraEncoder, work: Path, *, dynamo: bool = False, opset: int | None = None,
-                   per_channel: bool = False, int8_method: str = "blockwise", block_size: int = 32) -> dict:
-    """``work/fp32/model.onnx`` and ``work/int8/model.onnx``; returns the exporter and quantizer reports."""
+def export_engines(encoder: LoraEncoder, work: Path, engines: list[str], limits: Limits, *, dynamo: bool = False,
+                   opset: int | None = None, per_channel: bool = False, block_size: int = 32,
+                   calibration_texts: list[str] | None = None) -> dict:
+    """One served folder per engine (``work/bundle_<engine>``: its ONNX file, tokenizer, config); the fp32 export
+    first, the int8 copies quantized from it. Returns the folders and the exporter and quantizer reports."""
     merged = encoder.merged_encoder()
     info = export_onnx(merged, work / "fp32" / MODEL_FILE, dynamo=dynamo, opset=opset)
     del merged
-    quant = quantize_int8(work / "fp32" / MODEL_FILE, work / "int8" / MODEL_FILE, exclude_down_proj=True,
-                          per_channel=per_channel, method=int8_method, block_size=block_size)
-    return {"export": info, "quantize": quant}
+    bundles = {"fp32": write_bundle(encoder, work / "fp32", work / "bundle_fp32", engine="fp32", limits=limits)}
+    fp32_file = bundles["fp32"] / MODEL_FILE
+    calibration = None
+    if calibration_texts and any(ENGINES[e].get("method") == "rowwise" for e in engines):
+        calibration = OnnxTextEncoder(bundles["fp32"]).token_batches(calibration_texts)
+    quant = {}
+    for engine in engines:
+        if engine == "fp32":
+            continue
+        settings = dict(ENGINES[engine])
+        if settings["method"] == "blockwise":
+            settings["block_size"] = block_size
+        elif settings["method"] == "dynamic":
+            settings["per_channel"] = per_channel
+        elif settings["method"] == "rowwise":
+            settings["calibration"] = calibration
+        quant[engine] = quantize_int8(fp32_file, work / engine / MODEL_FILE, **settings)
+        bundles[engine] = write_bundle(encoder, work / engine, work / f"bundle_{engine}", engine=engine,
+                                       limits=limits)
+    return {"bundles": bundles, "export": info, "quantize": quant}
 
 
 def serving_config(encoder: LoraEncoder, engine: str, limits: Limits, faq: Faq | None = None) -> dict:
@@ -211,25 +259,46 @@ def token_mismatches(encoder: LoraEncoder, served: OnnxTextEncoder, texts: list[
     return bad
 
 
-def _f1(scores: np.ndarray, frame: pd.DataFrame, threshold: float) -> float:
-    return float(classification_metrics(scores, frame["match"].to_numpy(), threshold)["f1"])
-
-
 def _pair_scores(z: np.ndarray, index: dict[str, int], frame: pd.DataFrame) -> np.ndarray:
     a = z[[index[t] for t in frame["text_a"]]]
     b = z[[index[t] for t in frame["text_b"]]]
     return (a.astype(np.float64) * b).sum(1)
 
 
+def engine_gate(metrics: dict, engine: str, gates: Gates, pairs: int) -> list[str]:
+    """Why ``engine`` may not be served (empty: it may). fp32 and the tokenizer are checked for every engine."""
+    failures = []
+    if metrics["tokenizer_mismatches"] > 0:
+        failures.append(f"the serving tokenizer differs from the torch one on {int(metrics['tokenizer_mismatches'])} "
+                        f"texts")
+    if not metrics["fp32_max_abs_diff"] <= gates.fp32_tolerance:
+        failures.append(f"fp32 max abs diff {metrics['fp32_max_abs_diff']:.3g} > {gates.fp32_tolerance:g}")
+    if engine == "fp32":
+        return failures
+    if not metrics[f"{engine}_min_cosine"] >= gates.int8_min_cosine:
+        failures.append(f"{engine} min cosine {metrics[f'{engine}_min_cosine']:.4f} < {gates.int8_min_cosine:g}")
+    flips, allowed = int(metrics[f"{engine}_flipped_pairs"]), gates.allowed_flips(pairs)
+    if flips > allowed:
+        failures.append(f"{engine} changes the decision of {flips} of {pairs} dev pairs (allowed: {allowed})")
+    if not abs(metrics[f"{engine}_dev_ap_delta"]) <= gates.ap_tolerance:
+        failures.append(f"{engine} dev AP {metrics[f'{engine}_dev_ap']:.4f} vs torch {metrics['torch_dev_ap']:.4f} "
+                        f"(tolerance {gates.ap_tolerance:g})")
+    return failures
+
+
 def check_parity(encoder: LoraEncoder, bundles: dict[str, Path], dev: pd.DataFrame, gates: Gates,
-                 serve: str, threads: int | None = None, extra_texts: list[str] | None = None) -> dict:
-    """Torch vs the served path of each engine on the dev texts; metrics, gate results and the verdict."""
+                 threads: int | None = None, extra_texts: list[str] | None = None) -> dict:
+    """Torch vs the served path of each engine on the dev texts: metrics and, per engine, why it may not serve."""
     texts = list(dict.fromkeys([*dev["text_a"], *dev["text_b"], *(extra_texts or [])]))
     index = {t: i for i, t in enumerate(texts)}
     reference = encoder.encode(texts).numpy()
     threshold = float(encoder.config.threshold)
-    torch_f1 = _f1(_pair_scores(reference, index, dev), dev, threshold)
-    metrics: dict[str, float] = {"torch_dev_f1": torch_f1, "parity_texts": float(len(texts)),
+    labels = dev["match"].to_numpy()
+    torch_scores = _pair_scores(reference, index, dev)
+    torch_metrics = classification_metrics(torch_scores, labels, threshold)
+    metrics: dict[str, float] = {"torch_dev_f1": float(torch_metrics["f1"]),
+                                 "torch_dev_ap": float(torch_metrics["average_precision"]),
+                                 "parity_texts": float(len(texts)), "dev_pairs": float(len(dev)),
                                  "threshold": threshold}
     for engine, folder in bundles.items():
         served = OnnxTextEncoder(folder, threads=threads)
@@ -237,41 +306,51 @@ def check_parity(encoder: LoraEncoder, bundles: dict[str, Path], dev: pd.DataFra
             metrics["tokenizer_mismatches"] = float(token_mismatches(encoder, served, texts))
         z = served.encode(texts)
         stats = compare(reference, z)
-        f1 = _f1(_pair_scores(z, index, dev), dev, threshold)
+        scores = _pair_scores(z, index, dev)
+        result = classification_metrics(scores, labels, threshold)
         metrics.update({f"{engine}_max_abs_diff": stats["max_abs_diff"], f"{engine}_min_cosine": stats["min_cosine"],
-                        f"{engine}_mean_cosine": stats["mean_cosine"], f"{engine}_dev_f1": f1,
-                        f"{engine}_dev_f1_delta": f1 - torch_f1})
-    metrics["dev_f1"] = metrics[f"{serve}_dev_f1"]
-    failures = []
-    if metrics["tokenizer_mismatches"] > 0:
-        failures.append(f"the serving tokenizer differs from the torch one on {int(metrics['tokenizer_mismatches'])} "
-                        f"texts")
-    if not metrics["fp32_max_abs_diff"] <= gates.fp32_tolerance:
-        failures.append(f"fp32 max abs diff {metrics['fp32_max_abs_diff']:.3g} > {gates.fp32_tolerance:g}")
-    int8_failures = []
-    if not metrics["int8_min_cosine"] >= gates.int8_min_cosine:
-        int8_failures.append(f"int8 min cosine {metrics['int8_min_cosine']:.4f} < {gates.int8_min_cosine:g}")
-    if not abs(metrics["int8_dev_f1_delta"]) <= gates.f1_tolerance:
-        int8_failures.append(f"int8 dev F1 {metrics['int8_dev_f1']:.4f} vs torch {torch_f1:.4f} "
-                             f"(delta {metrics['int8_dev_f1_delta']:+.4f}, tolerance {gates.f1_tolerance:g})")
-    if serve == "int8":
-        failures += int8_failures
-    metrics["fp32_gate_passed"] = float(not any(f.startswith(("fp32", "the serving")) for f in failures))
-    metrics["int8_gate_passed"] = float(not int8_failures)
-    return {"metrics": metrics, "failures": failures, "int8_failures": int8_failures, "deployable": not failures}
+                        f"{engine}_mean_cosine": stats["mean_cosine"], f"{engine}_dev_f1": float(result["f1"]),
+                        f"{engine}_dev_f1_delta": float(result["f1"]) - metrics["torch_dev_f1"],
+                        f"{engine}_dev_ap": float(result["average_precision"]),
+                        f"{engine}_dev_ap_delta": float(result["average_precision"]) - metrics["torch_dev_ap"],
+                        f"{engine}_flipped_pairs": float(((scores >= threshold) != (torch_scores >= threshold)).sum())})
+    failures = {engine: engine_gate(metrics, engine, gates, len(dev)) for engine in bundles}
+    for engine, why in failures.items():
+        metrics[f"{engine}_gate_passed"] = float(not why)
+    return {"metrics": metrics, "failures": failures}
+
+
+def measure_speed(folder: Path, texts: list[str], threads: int | None = None, repeats: int = 3) -> float:
+    """Texts/s of the served path (tokenizer + ONNX Runtime) at its batch size, best of ``repeats`` after a warm-up."""
+    served = OnnxTextEncoder(folder, threads=threads)
+    served.encode(texts[:8])
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        served.encode(texts)
+        best = max(best, len(texts) / (time.perf_counter() - start))
+    return best
+
+
+def choose_engine(serve: str, failures: dict[str, list[str]], speeds: dict[str, float]) -> str | None:
+    """The engine to serve: the one asked for, or (``auto``) the fastest that passes its gates; None if none may."""
+    if serve != "auto":
+        return None if failures[serve] else serve
+    passing = [e for e in speeds if not failures[e]]
+    return max(passing, key=speeds.__getitem__) if passing else None
 
 
 # ------------------------------------------------------------------------------------------ MLflow model
 
 
 def model_signature(top_k: int):
-    """Written by hand: four optional text columns (one input form per request) and the ``top_k`` param."""
+    """Written by hand: four optional text columns (one input form per request) and the ``top_k`` param; ``match``
+    only for pairs (FAQ answers carry no ``match``: no FAQ threshold is calibrated)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
     inputs = Schema([ColSpec("string", name, required=False) for name in ("text_a", "text_b", "text", "query")])
-    answer = Object([Property("faq_id", "string"), Property("faq_text", "string"), Property("score", "double"),
-                     Property("match", "boolean")])
+    answer = Object([Property("faq_id", "string"), Property("faq_text", "string"), Property("score", "double")])
     outputs = Schema([ColSpec("double", "score", required=False), ColSpec("boolean", "match", required=False),
                       ColSpec(Array("float"), "embedding", required=False),
                       ColSpec("string", "faq_id", required=False), ColSpec("string", "faq_text", required=False),
@@ -279,15 +358,29 @@ def model_signature(top_k: int):
     return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("top_k", "long", top_k)]))
 
 
+def stage_serving_code(folder: Path) -> list[str]:
+    """``folder/serving`` and ``folder/components`` holding only the modules the served model imports (the
+    ``serving`` package and :data:`serving.onnx_pyfunc.COMPONENT_MODULES`): MLflow ships each code path whole."""
+    root = Path(onnx_pyfunc.__file__).resolve().parent.parent
+    paths = []
+    for package, names in (("serving", sorted(p.stem for p in (root / "serving").glob("*.py"))),
+                           ("components", ["__init__", *onnx_pyfunc.COMPONENT_MODULES])):
+        target = folder / package
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copy2(root / package / f"{name}.py", target / f"{name}.py")
+        paths.append(str(target))
+    return paths
+
+
 def pyfunc_arguments(bundle: Path, top_k: int, example: pd.DataFrame) -> dict:
-    """Keyword arguments shared by ``mlflow.pyfunc.log_model`` and ``save_model``."""
+    """Keyword arguments shared by ``mlflow.pyfunc.log_model`` and ``save_model``: the served bundle alone as the
+    artifact, and only the serving code (staged next to the bundle)."""
     # models from code: the pyfunc is rebuilt from serving/model_code.py at load, never unpickled
     return {"python_model": str(Path(onnx_pyfunc.__file__).parent / "model_code.py"),
             "artifacts": {BUNDLE: str(bundle)},
             "signature": model_signature(top_k), "input_example": example, "pip_requirements": PIP_REQUIREMENTS,
-            # serving/ and the torch-free component modules it imports (checksums, onnx_session)
-            "code_paths": [str(Path(onnx_pyfunc.__file__).parent), str(Path(onnx_pyfunc.__file__).parent.parent
-                                                                        / "components")]}
+            "code_paths": stage_serving_code(bundle.parent / f"{bundle.name}_code")}
 
 
 def example_pairs(dev: pd.DataFrame, n: int = 2) -> pd.DataFrame:
@@ -311,97 +404,119 @@ def _positive_or_none(ctx, param, value):
 @option("--top-k", type=click.IntRange(1, onnx_pyfunc.TOP_K_MAX), default=5, help="FAQ entries per query.")
 @option("--dev", type=click.Path(dir_okay=False), default=None,
         help="Pair file (text_a, text_b, label) for the parity checks (default: the demo dev split).")
-@option("--serve", type=click.Choice(ENGINES), default="int8",
-        help="The ONNX file the model serves; its gates decide deployability (fp32 gates always apply).")
+@option("--serve", type=click.Choice(SERVE_CHOICES), default="auto",
+        help="auto: measure every engine that passes its gates on --speed-texts dev texts and serve the fastest; "
+             "or the engine to serve (int8: the one of --int8-method). fp32 gates always apply.")
+@option("--speed-texts", type=click.IntRange(min=8), default=48, help="auto: dev texts each engine is timed on.")
 @option("--dynamo/--no-dynamo", default=False,
         help="Exporter: torch.export-based (dynamo) or TorchScript (default; much faster to export, same parity).")
-@option("--int8-method", type=click.Choice(INT8_METHODS), default="blockwise",
-        help="blockwise: 8-bit weights and activations in blocks of --int8-block-size (within the parity gates on "
-             "the real student, about ONNX fp32 speed, 1/4 of its size); dynamic: one activation scale per tensor, "
-             "about 2x faster than fp32 but outside the gates on the real student (README, Export).")
+@option("--int8-method", type=click.Choice([e[len("int8_"):] for e in ENGINES if e != "fp32"]), default="rowwise",
+        help="The int8 engine --serve int8 means (README, Export).")
 @option("--int8-block-size", type=click.Choice(["16", "32", "64", "128"]), default="32",
-        help="blockwise: input channels per int8 block (larger: faster, less exact).")
+        help="int8_blockwise: input channels per int8 block (larger: faster, less exact).")
 @option("--int8-per-channel/--no-int8-per-channel", default=False,
-        help="dynamic: int8 weight scales per output channel instead of per tensor.")
+        help="int8_dynamic: int8 weight scales per output channel instead of per tensor.")
 @option("--opset", type=int, default=None, callback=_positive_or_none, help="ONNX opset (default: the exporter's).")
 @option("--fp32-tolerance", type=POSITIVE, default=1e-4, help="Gate: max abs diff of z, ONNX fp32 vs torch.")
 @option("--int8-min-cosine", type=UNIT, default=0.99, help="Gate: min cosine of z, ONNX int8 vs torch.")
-@option("--f1-tolerance", type=click.FloatRange(min=0), default=0.005,
-        help="Gate: |int8 dev F1 - torch dev F1| at the stored threshold.")
+@option("--max-flipped-share", type=UNIT, default=0.01,
+        help="Gate: share of dev pairs whose decision may differ from torch's (at least --min-flipped-pairs).")
+@option("--min-flipped-pairs", type=click.IntRange(min=0), default=1,
+        help="Gate: dev pairs whose decision may differ from torch's however small the dev split.")
+@option("--ap-tolerance", type=click.FloatRange(min=0), default=0.01, help="Gate: |int8 dev AP - torch dev AP|.")
 @option("--max-rows", type=click.IntRange(min=1), default=256, help="Serving: rows per request.")
 @option("--max-chars", type=click.IntRange(min=1), default=4000, help="Serving: characters per text.")
 @option("--on-long-text", type=click.Choice(["reject", "truncate"]), default="reject",
         help="Serving: a text over --max-chars is a 400 error, or cut (with a `truncated` output column).")
 @option("--threads", type=int, default=None, callback=_positive_or_none,
-        help="ONNX Runtime threads for the checks (serving: $FLIPKD_ONNX_THREADS or ONNX Runtime's default).")
+        help="ONNX Runtime threads for the checks and timings (serving: $FLIPKD_ONNX_THREADS or ONNX Runtime's "
+             "default).")
 @common_options
 @_mlflow.clean_errors
 def cli(**o) -> dict:
-    """Export a trained student to ONNX, check parity with torch and log a deployable MLflow model."""
+    """Export a trained student to ONNX, check each engine against torch, serve the fastest that passes."""
     faq = read_faq(o["faq"]) if o["faq"] else None
     if o["dev"] and not Path(o["dev"]).is_file():
         raise DataError("no such file", file=o["dev"])
-    gates = Gates(o["fp32_tolerance"], o["int8_min_cosine"], o["f1_tolerance"])
+    serve = f"int8_{o['int8_method']}" if o["serve"] == "int8" else o["serve"]
+    engines = list(ENGINES) if serve == "auto" else list(dict.fromkeys(["fp32", serve]))
+    gates = Gates(o["fp32_tolerance"], o["int8_min_cosine"], o["max_flipped_share"], o["min_flipped_pairs"],
+                  o["ap_tolerance"])
     limits = Limits(o["top_k"], o["max_rows"], o["max_chars"], o["on_long_text"])
     with _mlflow.run("export", o["experiment"]) as active, _mlflow.scratch_dir() as work:
         dev = dev_frame(o["dev"], work, o["seed"])
+        texts = list(dict.fromkeys([*dev["text_a"], *dev["text_b"]]))
         encoder = load_trained_encoder(o["model"], o["student"], o["cache_dir"])
         source = source_run_id(o["model"])
         if source:
             mlflow.set_tag("flipkd.source_run", source)
-        built = export_engines(encoder, work, dynamo=o["dynamo"], opset=o["opset"],
-                               per_channel=o["int8_per_channel"], int8_method=o["int8_method"],
-                               block_size=int(o["int8_block_size"]))
-        info = built["export"]
-        quant = built["quantize"]
+        built = export_engines(encoder, work, engines, limits, dynamo=o["dynamo"], opset=o["opset"],
+                               per_channel=o["int8_per_channel"], block_size=int(o["int8_block_size"]),
+                               calibration_texts=texts)
+        info, quant, bundles = built["export"], built["quantize"], built["bundles"]
         _mlflow.log_params({"model": o["model"], "source_run": source or "", "serve": o["serve"],
-                            "exporter": info["exporter"], "opset": info["opset"], "exporter_why": info["why"],
-                            "external_data": info["external_data"], "int8_excluded_nodes": quant["excluded_count"],
-                            "int8_quantized_matmuls": quant["quantized_matmuls"],
-                            "int8_per_channel": o["int8_per_channel"], "int8_method": o["int8_method"],
-                            "int8_block_size": int(o["int8_block_size"]), "threshold": encoder.config.threshold,
-                            "faq_entries": len(faq.ids) if faq else 0, "gates": gates.__dict__,
-                            "serving": limits.__dict__, "dev": dev.attrs.get("source", o["dev"] or "demo dev")})
-        bundles = {engine: write_bundle(encoder, work / engine, work / f"bundle_{engine}", engine=engine,
-                                        limits=limits) for engine in ENGINES}
-        report = check_parity(encoder, bundles, dev, gates, o["serve"], threads=o["threads"],
+                            "engines": ",".join(engines), "exporter": info["exporter"], "opset": info["opset"],
+                            "exporter_why": info["why"], "external_data": info["external_data"],
+                            "int8_per_channel": o["int8_per_channel"], "int8_block_size": int(o["int8_block_size"]),
+                            "threshold": encoder.config.threshold, "faq_entries": len(faq.ids) if faq else 0,
+                            "gates": gates.__dict__, "serving": limits.__dict__, "speed_texts": o["speed_texts"],
+                            "dev": dev.attrs.get("source", o["dev"] or "demo dev")})
+        report = check_parity(encoder, bundles, dev, gates, threads=o["threads"],
                               extra_texts=faq.texts if faq else None)
-        metrics = report["metrics"]
+        metrics, failures = report["metrics"], report["failures"]
+        timed = [e for e in engines if serve != "auto" or not failures[e]]
+        speeds = {e: measure_speed(bundles[e], texts[:o["speed_texts"]], o["threads"]) for e in timed}
+        chosen = choose_engine(serve, failures, speeds)
+        metrics.update({f"{e}_tps": v for e, v in speeds.items()})
+        shown = chosen or (None if serve == "auto" else serve)  # the engine served, or refused when asked for
+        if shown:
+            metrics.update({"dev_f1": metrics[f"{shown}_dev_f1"], "served_b32_tps": speeds.get(shown, float("nan")),
+                            **{f"served_{k}": metrics.get(f"{shown}_{k}", float("nan"))
+                               for k in ("min_cosine", "flipped_pairs", "dev_ap_delta", "dev_f1_delta")}})
         _mlflow.log_metrics({**metrics, "export_seconds": info["export_seconds"],
-                             "quantize_seconds": quant["quantize_seconds"], "onnx_fp32_bytes": info["file_bytes"],
-                             "onnx_int8_bytes": quant["file_bytes"]})
-        _mlflow.log_json({**built, "parity": report, "gates": gates.__dict__}, "export_report.json")
-        mlflow.set_tag("flipkd.served_engine", o["serve"])
-        click.echo(f"exported with {info['exporter']} (opset {info['opset']}); int8 {quant['method']}"
-                   + (f", {quant['excluded_count']} down_proj MatMuls kept in fp32" if quant["excluded_count"] else
-                      f", blocks of {quant['block_size']}" if quant["method"] == "blockwise" else ""))
-        click.echo(f"fp32: max abs diff {metrics['fp32_max_abs_diff']:.2e}  dev F1 {metrics['fp32_dev_f1']:.4f}   "
-                   f"int8: min cosine {metrics['int8_min_cosine']:.4f}  dev F1 {metrics['int8_dev_f1']:.4f} "
-                   f"(delta {metrics['int8_dev_f1_delta']:+.4f})   torch dev F1 {metrics['torch_dev_f1']:.4f} "
-                   f"at threshold {metrics['threshold']:.3f}   [{int(metrics['parity_texts'])} texts]")
-        if report["int8_failures"] and o["serve"] == "fp32":
-            click.echo("note: int8 would not pass its gates (" + "; ".join(report["int8_failures"]) + "); "
-                       "serving fp32")
-        if not report["deployable"]:
-            reason = "; ".join(report["failures"])
+                             "onnx_fp32_bytes": info["file_bytes"],
+                             **{f"{e}_bytes": q["file_bytes"] for e, q in quant.items()},
+                             **{f"{e}_quantize_seconds": q["quantize_seconds"] for e, q in quant.items()}})
+        choice = {"serve": o["serve"], "chosen": chosen, "texts_per_s": speeds, "failures": failures,
+                  "speed_texts": min(o["speed_texts"], len(texts)), "threads": o["threads"]}
+        _mlflow.log_json({"export": info, "quantize": quant, "parity": report, "choice": choice,
+                          "gates": gates.__dict__}, "export_report.json")
+        click.echo(f"exported with {info['exporter']} (opset {info['opset']}); torch dev F1 "
+                   f"{metrics['torch_dev_f1']:.4f}, AP {metrics['torch_dev_ap']:.4f} at threshold "
+                   f"{metrics['threshold']:.3f} [{int(metrics['parity_texts'])} texts, {len(dev)} pairs]")
+        for engine in engines:
+            figures = (f"max abs diff {metrics['fp32_max_abs_diff']:.2e}" if engine == "fp32" else
+                       f"min cosine {metrics[f'{engine}_min_cosine']:.4f}, "
+                       f"{int(metrics[f'{engine}_flipped_pairs'])} decisions changed, "
+                       f"AP {metrics[f'{engine}_dev_ap_delta']:+.4f}")
+            speed = f", {speeds[engine]:.1f} texts/s" if engine in speeds else ""
+            verdict = "; ".join(failures[engine]) if failures[engine] else "passes"
+            click.echo(f"  {engine:<15} {figures}{speed}: {verdict}")
+        mlflow.set_tag("flipkd.served_engine", chosen or "none")
+        if chosen is None:
+            reason = "; ".join(failures[serve if serve != "auto" else "fp32"])
             mlflow.set_tags({"flipkd.deployable": "false", "flipkd.not_deployable_reason": reason[:5000]})
             run_id = active.info.run_id
         else:
-            served = bundles[o["serve"]]
+            served = bundles[chosen]
             if faq:
                 add_faq(served, faq, o["threads"])
             onnx_pyfunc.write_checksums(served)  # last: load_context refuses a bundle changed after this
             mlflow.pyfunc.log_model(name=MODEL_NAME, **pyfunc_arguments(served, limits.top_k, example_pairs(dev)))
             mlflow.set_tag("flipkd.deployable", "true")
             run_id = active.info.run_id
-    if not report["deployable"]:
-        click.echo(f"not deployable: {reason}. No model was logged (run {run_id}, tag flipkd.deployable=false).",
+    if chosen is None:
+        hint = ("; to get a deployable model: --serve auto or --serve fp32 (fp32 passed its gates), or a larger --dev "
+                "(a few hundred pairs, so that one pair on the threshold is under --max-flipped-share)"
+                if not failures["fp32"] else "")
+        click.echo(f"not deployable: {reason}{hint}. No model was logged (run {run_id}, tag flipkd.deployable=false).",
                    err=True)
         raise SystemExit(2)
-    click.echo(f"deployable: model runs:/{run_id}/{MODEL_NAME} serves {o['serve']}"
-               f"{f' with {len(faq.ids)} FAQ entries' if faq else ''}. "
+    how = "the fastest engine passing its gates" if serve == "auto" else "as asked"
+    click.echo(f"deployable: model runs:/{run_id}/{MODEL_NAME} serves {chosen} ({how}, "
+               f"{speeds[chosen]:.1f} texts/s here){f' with {len(faq.ids)} FAQ entries' if faq else ''}. "
                f"Next: python -m pipelines.promote --run-id {run_id}")
-    return {"run_id": run_id, **metrics}
+    return {"run_id": run_id, "served_engine": chosen, **metrics}
 
 
 if __name__ == "__main__":

@@ -29,16 +29,18 @@ columns                   output columns (one row per input row)
 ========================  =============================================================================
 ``text_a``, ``text_b``    ``score`` (cosine of the two z), ``match`` (``score >= threshold``)
 ``text``                  ``embedding`` (list of floats, length r)
-``query``                 ``faq_id``, ``faq_text``, ``score``, ``match`` of the best FAQ entry, and
-                          ``answers``: the top-k entries as a list of ``{faq_id, faq_text, score, match}``
+``query``                 ``faq_id``, ``faq_text``, ``score`` of the best FAQ entry, and ``answers``: the
+                          top-k entries as a list of ``{faq_id, faq_text, score}`` (no ``match``: no FAQ
+                          threshold is calibrated; the client decides from the score)
 ========================  =============================================================================
 
 ``params={"top_k": k}`` overrides the exported top-k for a query request. Bad input raises
-``MlflowException(error_code=INVALID_PARAMETER_VALUE)``, which the scoring server returns as HTTP 400:
-no recognised column set, a missing partner column, a value that is not a string, an empty or blank text,
-more rows than ``max_rows``, and a text longer than ``max_chars`` characters. Long texts are rejected by
-default (``on_long_text="reject"``): the model reads only the first ``max_length - 1`` tokens, so a huge
-text is almost certainly a client mistake. With ``on_long_text="truncate"`` (an export option) they are
+:class:`InputError` (an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``), which the scoring server returns as
+HTTP 400 with the message alone: no recognised column set, a missing partner column, a value that is not a string,
+an empty text or one of only whitespace and invisible characters (``components/visible_text.py``), more rows
+than ``max_rows``, and a text longer than ``max_chars`` characters. Long texts are rejected by default
+(``on_long_text="reject"``): the model reads only the first ``max_length - 1`` tokens, so a huge text is almost
+certainly a client mistake. With ``on_long_text="truncate"`` (an export option) they are
 cut to ``max_chars`` characters instead and the output gets a boolean ``truncated`` column.
 """
 
@@ -61,7 +63,11 @@ from tokenizers import Tokenizer
 from components.checksums import CHECKSUM_FILE, write_checksums  # noqa: F401  (export calls it from here)
 from components.checksums import verify_checksums as _verify_listing
 from components.onnx_session import make_session
+from components.visible_text import is_blank
+from serving.request_batcher import RequestBatcher
 
+# the torch-free component modules this package imports: the exported model ships these and serving/, nothing else
+COMPONENT_MODULES = ("checksums", "onnx_session", "visible_text")
 CONFIG_FILE = "flipkd_serving.json"
 FORMAT = "flipkd-serving/1"
 BUNDLE = "bundle"
@@ -70,6 +76,7 @@ TOKENIZER_FILE = "tokenizer.json"
 FAQ_FILE = "faq.json"
 FAQ_EMBEDDINGS_FILE = "faq_embeddings.npy"
 THREADS_ENV = "FLIPKD_ONNX_THREADS"
+BATCHING_ENV = "FLIPKD_BATCH_REQUESTS"
 FORMS = {"pairs": ("text_a", "text_b"), "texts": ("text",), "faq": ("query",)}
 TOP_K_MAX = 100
 
@@ -82,9 +89,28 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def bad_input(message: str) -> MlflowException:
-    """An input error the scoring server answers with HTTP 400."""
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+class InputError(MlflowException):
+    """A bad request (HTTP 400) whose message stands alone in the error body.
+
+    MLflow's scoring server rewrites the ``message`` of an MlflowException raised by ``predict`` into
+    ``"Failed to predict data '<the whole input DataFrame>'. Error: <message>"``, so the one line that says what
+    is wrong came after a dump of the request (up to a megabyte of text). The rewrite is an assignment to
+    ``message``; here the first assignment (the constructor's) is kept and later ones are ignored.
+    """
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_message"):
+            self._message = value
+
+
+def bad_input(message: str) -> InputError:
+    """An input error the scoring server answers with HTTP 400 and this message alone."""
+    return InputError(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def verify_checksums(folder: str | Path) -> None:
@@ -145,6 +171,12 @@ class OnnxTextEncoder:
             mask[i, span] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
 
+    def token_batches(self, texts: Sequence[str], batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
+        """The model inputs of ``texts`` as :meth:`encode` runs them (by length, ``encode_batch_size`` rows)."""
+        batch_size = int(batch_size or self.config["encode_batch_size"])
+        ordered = sorted(texts, key=len)
+        return [self.batch(ordered[start:start + batch_size]) for start in range(0, len(ordered), batch_size)]
+
     def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """Float32 [N, r] in input order; batches are formed by length so little padding is run."""
         batch_size = int(batch_size or self.config["encode_batch_size"])
@@ -189,6 +221,11 @@ class FlipKDOnnxModel(mlflow.pyfunc.PythonModel):
         verify_checksums(folder)
         self.encoder = OnnxTextEncoder(folder)
         self.config = self.encoder.config
+        # $FLIPKD_BATCH_REQUESTS=1: concurrent requests share ONNX Runtime runs (serving/request_batcher.py). Off by
+        # default: MLflow's server runs each request in a thread and ONNX Runtime releases the GIL, so one worker with
+        # one thread per run already keeps 2 cores busy, and sharing runs serialised them (README, Serve settings)
+        batching = os.environ.get(BATCHING_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
+        self.encode = RequestBatcher(self.encoder.encode).encode if batching else self.encoder.encode
         self.faq_ids: list[str] = []
         self.faq_texts: list[str] = []
         self.faq_embeddings = np.zeros((0, 0), dtype=np.float32)
@@ -221,8 +258,9 @@ class FlipKDOnnxModel(mlflow.pyfunc.PythonModel):
         for row, value in enumerate(frame[column].tolist()):
             if not isinstance(value, str):
                 raise bad_input(f"{column} row {row}: expected a string, got {_describe(value)}")
-            if not value.strip():
-                raise bad_input(f"{column} row {row}: empty text")
+            if is_blank(value):
+                raise bad_input(f"{column} row {row}: empty text (nothing but whitespace or invisible characters)"
+                                if value else f"{column} row {row}: empty text")
             if len(value) > cap:
                 if mode != "truncate":
                     raise bad_input(f"{column} row {row}: {len(value)} characters, the limit is {cap} (the model "
@@ -258,7 +296,7 @@ class FlipKDOnnxModel(mlflow.pyfunc.PythonModel):
             out, cut = self.score_pairs(text_a, text_b), cut_a | cut_b
         elif form == "texts":
             texts, cut = self._texts(frame, "text")
-            out = pd.DataFrame({"embedding": [row.tolist() for row in self.encoder.encode(texts)]})
+            out = pd.DataFrame({"embedding": [row.tolist() for row in self.encode(texts)]})
         else:
             top_k = self._top_k(params)
             queries, cut = self._texts(frame, "query")
@@ -269,7 +307,7 @@ class FlipKDOnnxModel(mlflow.pyfunc.PythonModel):
 
     def score_pairs(self, text_a: list[str], text_b: list[str]) -> pd.DataFrame:
         texts = list(dict.fromkeys([*text_a, *text_b]))
-        z = self.encoder.encode(texts)
+        z = self.encode(texts)
         index = {t: i for i, t in enumerate(texts)}
         scores = (z[[index[t] for t in text_a]] * z[[index[t] for t in text_b]]).sum(1)
         threshold = float(self.config["threshold"])
@@ -278,14 +316,15 @@ class FlipKDOnnxModel(mlflow.pyfunc.PythonModel):
     def search_faq(self, queries: list[str], top_k: int) -> pd.DataFrame:
         if not self.faq_ids:
             raise bad_input("this model was exported without an FAQ (--faq): query requests are not available")
-        z = self.encoder.encode(queries)
+        """The top-k entries by cosine, without ``match``: the pair threshold was chosen on pairs, not on FAQ
+        queries (with it nearly every top-5 answer "matched"), and no FAQ threshold is calibrated at export."""
+        z = self.encode(queries)
         scores = z @ self.faq_embeddings.T
         k = min(top_k, len(self.faq_ids))
-        threshold = float(self.config["threshold"])
         rows = []
         for row in scores:
             best = np.argsort(-row, kind="stable")[:k]
-            answers = [{"faq_id": self.faq_ids[j], "faq_text": self.faq_texts[j], "score": float(row[j]),
-                        "match": bool(row[j] >= threshold)} for j in best]
+            answers = [{"faq_id": self.faq_ids[j], "faq_text": self.faq_texts[j], "score": float(row[j])}
+                       for j in best]
             rows.append({**answers[0], "answers": answers})
-        return pd.DataFrame(rows, columns=["faq_id", "faq_text", "score", "match", "answers"])
+        return pd.DataFrame(rows, columns=["faq_id", "faq_text", "score", "answers"])

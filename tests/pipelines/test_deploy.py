@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -25,7 +26,7 @@ from components.lora_encoder import PROMPTS, EncoderConfig, LoraEncoder
 from components.onnx_export import export_onnx
 from pipelines import export, promote, train
 from pipelines.evaluate import load_trained_encoder
-from serving.onnx_pyfunc import OnnxTextEncoder
+from serving.onnx_pyfunc import COMPONENT_MODULES, OnnxTextEncoder
 from tests.tiny_models import random_texts, tiny_llama, tiny_tokenizer
 
 FAST = ["--max-steps", "3", "--rank", "4", "--lora-alpha", "8", "--batch-size", "8", "--max-length", "16",
@@ -154,9 +155,11 @@ def test_served_tokens_and_vectors_equal_torch(tmp_path, prompt, max_length):
 
 
 def test_serving_module_needs_no_torch():
-    code = ("import sys; import serving.onnx_pyfunc as m; "
+    code = ("import sys; import serving.onnx_pyfunc as m; import serving.model_code; "
             "bad = [k for k in ('torch', 'transformers', 'peft') if k in sys.modules]; "
-            "assert not bad, bad; print('ok', m.FlipKDOnnxModel.__name__)")
+            "assert not bad, bad; "
+            "used = sorted(k.split('.')[1] for k in sys.modules if k.startswith('components.')); "
+            "assert used == sorted(m.COMPONENT_MODULES), used; print('ok', m.FlipKDOnnxModel.__name__)")
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok FlipKDOnnxModel" in out.stdout, out.stderr[-2000:]
@@ -174,12 +177,14 @@ def test_decision_rule():
     (["--faq", "missing.csv"], "no such file"),
     (["--faq", "faq_no_text.csv"], "missing column 'text'"),
     (["--faq", "faq_dup.csv"], "duplicate faq_id"),
+    (["--faq", "faq_invisible.csv"], "row 2, field 'text': empty or non-text FAQ text"),
     (["--top-k", "0"], "top-k"),
     (["--dev", "nope.jsonl"], "no such file"),
 ])
 def test_export_bad_input_is_exit_2_before_any_run(mlflow_env, tmp_path, args, match):
     (tmp_path / "faq_no_text.csv").write_text("faq_id,question\n1,hello\n")
     (tmp_path / "faq_dup.csv").write_text("faq_id,text\n1,hello\n1,again\n")
+    (tmp_path / "faq_invisible.csv").write_text("faq_id,text\n1,hello\n2,\u200b\u2060\n", encoding="utf-8")
     result = CliRunner().invoke(export.cli, ["--model", str(tmp_path), *args])
     assert result.exit_code == 2, result.output
     assert match in result.output
@@ -201,18 +206,25 @@ def test_train_export_promote_serve(mlflow_env, tiny_model_args, tmp_path):
     faq_file = tmp_path / "faq.csv"
     pd.DataFrame({"faq_id": [f for f, _ in FAQ], "text": [t for _, t in FAQ]}).to_csv(faq_file, index=False)
 
-    # 1. a trained run, exported with its FAQ; the tiny random model serves fp32 (it cannot pass the int8 gate)
+    # 1. a trained run, exported with its FAQ, fp32 forced (so that the served scores equal torch's to 1e-4)
     first = train_run(client, tiny_model_args)
     result, exported = run_export(client, "--model", first, "--faq", str(faq_file), "--top-k", "3", "--serve", "fp32")
     assert result.exit_code == 0, result.output
-    assert "deployable" in result.output and "int8" in result.output
+    assert "deployable" in result.output and "serves fp32 (as asked" in result.output
     tags, metrics, params = exported.data.tags, exported.data.metrics, exported.data.params
     assert tags["flipkd.deployable"] == "true" and tags["flipkd.source_run"] == first
-    assert tags["flipkd.served_engine"] == "fp32"
+    assert tags["flipkd.served_engine"] == "fp32" and params["engines"] == "fp32"
     assert params["exporter"] == "torchscript" and int(params["opset"]) >= 17 and params["exporter_why"]
     assert metrics["fp32_max_abs_diff"] <= 1e-4 and metrics["tokenizer_mismatches"] == 0
-    for key in ("int8_min_cosine", "int8_dev_f1_delta", "dev_f1", "torch_dev_f1"):
+    for key in ("served_min_cosine", "served_flipped_pairs", "served_b32_tps", "dev_f1", "torch_dev_f1"):
         assert np.isfinite(metrics[key]), key
+    # the lean model: the served ONNX file alone, the serving code and only the component modules it imports
+    model_dir = Path(download_artifacts(f"runs:/{exported.info.run_id}/model"))
+    assert [p.name for p in model_dir.rglob("*.onnx*")] == ["model.onnx"]
+    assert sorted(p.name for p in (model_dir / "code" / "components").glob("*.py")) == sorted(
+        ["__init__.py", *(f"{m}.py" for m in COMPONENT_MODULES)])
+    assert {"onnx_pyfunc.py", "request_batcher.py", "model_code.py"} <= {
+        p.name for p in (model_dir / "code" / "serving").glob("*.py")}
     # dev_f1 is the served engine's; not asserted equal to torch's: the stored threshold is itself a dev score,
     # so the pair sitting on it can flip under 1e-7 of noise
     assert metrics["dev_f1"] == metrics["fp32_dev_f1"]
@@ -224,7 +236,7 @@ def test_train_export_promote_serve(mlflow_env, tiny_model_args, tmp_path):
     champion = client.get_model_version_by_alias(NAME, "champion")
     assert champion.run_id == exported.info.run_id
     assert float(champion.tags["fp32_max_abs_diff"]) == pytest.approx(metrics["fp32_max_abs_diff"])
-    assert {"dev_f1", "int8_min_cosine", "int8_dev_f1_delta"} <= set(champion.tags)
+    assert {"dev_f1", "served_min_cosine", "served_flipped_pairs", "served_b32_tps"} <= set(champion.tags)
     # promoting the same run again registers nothing new
     again = CliRunner().invoke(promote.cli, ["--run-id", exported.info.run_id, "--name", NAME])
     assert again.exit_code == 0 and "already the champion" in again.output
@@ -240,21 +252,30 @@ def test_train_export_promote_serve(mlflow_env, tiny_model_args, tmp_path):
     assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
     assert client.get_model_version_by_alias(NAME, "challenger").run_id == exported2.info.run_id
 
-    # 4. an int8 copy that misses its gate (a min cosine of 1.0 no quantised model reaches): exit 2, no model,
-    #    not promotable
-    result, failed = run_export(client, "--model", first, "--int8-min-cosine", "1.0")
+    # 4. an int8 engine asked for that misses its gate (a min cosine of 1.0 no quantised model reaches): exit 2, no
+    #    model, not promotable, and the message names what does deploy
+    result, failed = run_export(client, "--model", first, "--serve", "int8", "--int8-min-cosine", "1.0")
     assert result.exit_code == 2, result.output
-    assert "not deployable" in result.output and "int8" in result.output
+    assert "not deployable" in result.output and "int8_rowwise min cosine" in result.output
+    assert "--serve fp32" in result.output and "--dev" in result.output
     assert failed.data.tags["flipkd.deployable"] == "false" and failed.info.status == "FINISHED"
     assert "int8" in failed.data.tags["flipkd.not_deployable_reason"]
     refused = CliRunner().invoke(promote.cli, ["--run-id", failed.info.run_id, "--name", NAME])
     assert refused.exit_code == 2 and "no deployable model" in refused.output
+    #    the same gate under --serve auto (the default): every int8 engine is refused, fp32 is served
+    result, auto = run_export(client, "--model", first, "--int8-min-cosine", "1.0", "--speed-texts", "8")
+    assert result.exit_code == 0, result.output
+    assert auto.data.tags["flipkd.served_engine"] == "fp32" and auto.data.params["engines"] == ",".join(export.ENGINES)
+    assert all(auto.data.metrics[f"{e}_gate_passed"] == 0 for e in export.ENGINES if e != "fp32")
+    assert set(k[:-len("_tps")] for k in auto.data.metrics if k.endswith("_tps") and k != "served_b32_tps") == {
+        "fp32"}  # only the engines that passed were timed
 
     # 5. in-process: bad input is INVALID_PARAMETER_VALUE (HTTP 400)
     import mlflow.pyfunc
 
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     for bad in (pd.DataFrame({"text_a": ["x"]}), pd.DataFrame({"text": [""]}), pd.DataFrame({"other": ["x"]}),
+                pd.DataFrame({"text": ["\u200b\ufeff"]}), pd.DataFrame({"query": ["\u2060"]}),
                 pd.DataFrame({"text": ["a" * 5000]}), pd.DataFrame({"text": ["x"] * 300})):
         with pytest.raises(MlflowException) as err:
             model.predict(bad)
@@ -302,6 +323,8 @@ def test_train_export_promote_serve(mlflow_env, tiny_model_args, tmp_path):
             assert status == 200, body
             k = payload.get("params", {}).get("top_k", 3)
             for query, hit in zip(queries, body["predictions"], strict=True):
+                # no FAQ threshold is calibrated: no `match` on FAQ answers
+                assert "match" not in hit and not any("match" in a for a in hit["answers"])
                 torch_scores = {f: float(z[query] @ z_faq[i]) for i, (f, _) in enumerate(FAQ)}
                 assert len(hit["answers"]) == k and hit["faq_id"] == hit["answers"][0]["faq_id"]
                 for answer in hit["answers"]:

@@ -126,6 +126,10 @@ CASES = [
     pytest.param(b'{"dataframe_records": [{"text": NaN}]}', JSON, 400, "got null", id="text-is-NaN"),
     pytest.param(_records({"text_a": "", "text_b": "x"}), JSON, 400, "empty text", id="empty-string"),
     pytest.param(_records({"query": "   "}), JSON, 400, "empty text", id="blank-string"),
+    pytest.param(_records({"text": "\u200b\u200b"}), JSON, 400, "invisible characters", id="zero-width-only"),
+    pytest.param(_records({"text_a": "\ufeff\u2060\u00ad", "text_b": "x"}), JSON, 400, "empty text",
+                 id="bom-word-joiner-soft-hyphen"),
+    pytest.param(_records({"query": "\u3164\ufe0f\u200d"}), JSON, 400, "empty text", id="hangul-filler-selector"),
     pytest.param({"dataframe_records": []}, JSON, 400, "no rows and no recognised column", id="zero-rows-records"),
     pytest.param({"inputs": {"text": []}}, JSON, 400, "no rows", id="zero-rows-inputs"),
     pytest.param(_records(*[{"text": "x"}] * (MAX_ROWS + 1)), JSON, 400, f"limit is {MAX_ROWS}",
@@ -181,6 +185,21 @@ def test_hostile_request_is_a_clear_4xx(deployed, payload, content_type, status,
     answer = json.loads(text)
     assert answer["error_code"] in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"), shown
     assert keyword.lower() in answer["message"].lower(), shown
+
+
+OWN_MESSAGES = [  # (request, the model's whole message): it stands alone, without MLflow's dump of the input frame
+    (_records({"text": "x" * 1_000_000}), f"text row 0: 1000000 characters, the limit is {MAX_CHARS} (the model "
+                                          "reads only its first 15 tokens)"),
+    (_records({"text": "fine"}, {"text": "\u200b"}), "text row 1: empty text (nothing but whitespace or invisible "
+                                                     "characters)"),
+    (_records({"text_a": "only one side"}), "missing column 'text_b': pairs need both text_a and text_b"),
+]
+
+
+@pytest.mark.parametrize("payload,message", OWN_MESSAGES, ids=["1MB-text", "zero-width", "missing-partner"])
+def test_the_models_message_stands_alone(deployed, payload, message):
+    got, _, text = send(deployed.port, json.dumps(payload).encode(), JSON)
+    assert got == 400 and json.loads(text)["message"] == message, text[:500]
 
 
 def test_still_serves_the_same_scores_after_the_abuse(deployed):
