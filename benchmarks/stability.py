@@ -204,9 +204,10 @@ def write_outputs(store: CellStore, command: str) -> dict[str, Any]:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: native bf16 where the CPU has it (to save time), else fp32.")
 @click.option("--budget", default=None, help="Stop cleanly before this much wall time (e.g. 150m, 2h).")
+@click.option("--render", "render_only", is_flag=True, help="Only rewrite RESULTS.md and stability.json from cells.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="flipkd cache folder.")
 def cli(datasets: str, seeds: int, variants: str, preset: str, label: str | None, overrides: tuple[str, ...],
-        steps: int, precision: str, budget: str | None, cache_dir: str | None) -> None:
+        steps: int, precision: str, budget: str | None, render_only: bool, cache_dir: str | None) -> None:
     """Train flip and sup students at real size and record dev figures, guard warnings and loss curves."""
     from benchmarks.quality import finetune_cached
     from pipelines import _mlflow
@@ -219,6 +220,9 @@ def cli(datasets: str, seeds: int, variants: str, preset: str, label: str | None
     clock = Budget(parse_budget(budget) if budget else None)
     store = CellStore(CELLS_FILE)
     command = "python -m benchmarks.stability"
+    if render_only:
+        write_outputs(store, command)
+        return
     with _mlflow.run("stability", EXPERIMENT):
         for dataset in names:
             splits = build_real(dataset, settings.counts, settings.teacher, cache_dir)
