@@ -35,7 +35,8 @@ class LossConfig:
     distill_temperature: float = 0.05
     distill_teacher_temperature: float = 0.05
     margin: float = 0.06
-    temperature: float = 0.05
+    # OURS: METHOD.md's tau 0.05 let L_MCL climb 3-10x mid-run at real size (docs/defaults.md, stable training)
+    temperature: float = 0.1
     margin_rule: str = "aware"
     delta_pos: float = 0.5
     delta_neg: float = 0.5
