@@ -34,6 +34,7 @@ from benchmarks._cells import Budget, CellStore, cell_key, parse_budget
 from benchmarks._real_size import CURVES, build_real, train_cell
 from benchmarks.datasets import DATASETS
 from components.composite_loss import LossConfig
+from components.divergence_guard import DivergenceGuard
 from components.lora_encoder import EncoderConfig
 from components.models import TEACHER_DEFAULT
 from components.teacher_finetune import TeacherFinetuneConfig
@@ -69,7 +70,7 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         return {"encoder": self.encoder.to_dict(), "loss": self.loss.to_dict(), "train": self.train.to_dict(),
                 "teacher": self.teacher, "teacher_finetune": dataclasses.asdict(self.teacher_finetune),
-                "counts": self.counts}
+                "counts": self.counts, "guard": DivergenceGuard().settings()}
 
     def hash(self, variant: str = "flip") -> str:
         """What makes two cells of ``variant`` the same run: ``sup`` ignores every setting of the teacher-driven

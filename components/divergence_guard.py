@@ -60,6 +60,11 @@ class DivergenceGuard:
         self._series: dict[str, _Series] = {}
         self.warnings: list[tuple[int, str]] = []
 
+    def settings(self) -> dict[str, float]:
+        """What decides a warning: benchmarks key stored runs by it, so a changed guard re-judges them."""
+        return {"factor": self.factor, "span": self.span, "window": self.window, "floor": self.floor,
+                "start_share": self.start_share, "warmup": self.warmup}
+
     def observe(self, step: int, metrics: dict[str, float]) -> list[str]:
         said = []
         for name, value in metrics.items():
