@@ -34,7 +34,7 @@ from benchmarks._cells import Budget, CellStore, cell_key, parse_budget
 from benchmarks._real_size import CURVES, build_real, train_cell
 from benchmarks.datasets import DATASETS
 from components.composite_loss import LossConfig
-from components.divergence_guard import DivergenceGuard
+from components.divergence_guard import WATCHED_PREFIXES, DivergenceGuard
 from components.lora_encoder import EncoderConfig
 from components.models import TEACHER_DEFAULT
 from components.teacher_finetune import TeacherFinetuneConfig
@@ -138,6 +138,10 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
                                                            axis=0).tolist()
                                                 for k in CURVES if any(k in c["curves"] for c in mine)}
             row["guard_warnings"] = int(sum(c["guard_warnings"] for c in cells))
+            row["guard_shown"] = guard_count(cells)
+            today = DivergenceGuard().settings()
+            if all(c.get("guard_now", {}).get("settings") == today for c in cells):
+                row["guard_warnings_today"] = int(sum(c["guard_now"]["warnings"] for c in cells))
             row["settings_brief"] = next((c["settings_brief"] for c in cells if c["variant"] == "flip"),
                                         cells[0]["settings_brief"])
             row["steps"] = cells[0]["steps"]
@@ -148,7 +152,10 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
 def render(summary: dict[str, Any], sizes: dict[str, dict[str, int]], command: str) -> str:
     lines = [f"Command: `{command}` (and one run per label: `--preset before`; trials `--label NAME --set ...`). "
              "Dev F1 at the dev-chosen threshold and dev AP, mean ± std over seeds; the teacher is MiniLM fine-tuned "
-             "on each train split (1 epoch CoSENT); `bf16` where the CPU has native bf16 (precision auto).",
+             "on each train split (1 epoch CoSENT); `bf16` where the CPU has native bf16 (precision auto). Guard "
+             "warnings `a → b`: a counted by the guard the runs had (the trials before `defaults` ran with an earlier "
+             "one, a 5-step mean against a running average), b by today's guard replaying their step metrics "
+             "(`--rejudge`).",
              "", "Pairs train/dev: " + "; ".join(f"{d} {s['train']}/{s['dev']}" for d, s in sizes.items()) + "."]
     for label, datasets in summary.items():
         first = next(iter(datasets.values()))
@@ -163,7 +170,7 @@ def render(summary: dict[str, Any], sizes: dict[str, dict[str, int]], command: s
                     cells.append("-" if mean is None else f"{mean:.3f} ± {row[f'{variant}_{key}_std']:.3f}")
             teacher = row.get("teacher_dev_ap")
             lines.append(f"| {dataset} | " + " | ".join(cells) + f" | {'-' if teacher is None else f'{teacher:.3f}'} "
-                         f"| {row['guard_warnings']} |")
+                         f"| {row['guard_shown']} |")
         lines += ["", "Per-part curves of `flip` (mean over seeds), each tenth of the run:", "",
                   "| dataset | series | " + " | ".join(f"{10 * (i + 1)}%" for i in range(10)) + " |",
                   "|---|---|" + "---|" * 10]
@@ -171,6 +178,40 @@ def render(summary: dict[str, Any], sizes: dict[str, dict[str, int]], command: s
             for key, values in row.get("flip_curves", {}).items():
                 lines.append(f"| {dataset} | {key} | " + " | ".join(f"{v:.3g}" for v in values) + " |")
     return "\n".join(lines)
+
+
+def rejudge(store: CellStore) -> int:
+    """Replay each stored run's step metrics (from its MLflow record) through today's divergence guard and keep the
+    count beside the one taken when it ran: trials judged by an earlier guard stay comparable without re-training.
+    Dev-collapse checks are not replayed (they need the dev scores of each evaluation)."""
+    from mlflow.tracking import MlflowClient
+
+    client, settings, done = MlflowClient(), DivergenceGuard().settings(), 0
+    for key, cell in store.cells.items():
+        try:
+            run = client.get_run(cell["run_id"])
+        except Exception:  # noqa: BLE001 - a run from another tracking store: nothing to replay
+            continue
+        steps: dict[int, dict[str, float]] = {}
+        for name in run.data.metrics:
+            if name.startswith(WATCHED_PREFIXES):
+                for m in client.get_metric_history(cell["run_id"], name):
+                    steps.setdefault(m.step, {})[name] = m.value
+        guard = DivergenceGuard()
+        for step in sorted(steps):
+            guard.observe(step, steps[step])
+        store.put(key, {**cell, "guard_now": {"settings": settings, "warnings": len(guard.warnings),
+                                              "messages": [m for _, m in guard.warnings]}})
+        done += 1
+    return done
+
+
+def guard_count(cells: list[dict[str, Any]]) -> str:
+    """Warnings counted when the runs ran, and by today's guard when a replay (``--rejudge``) counted otherwise."""
+    then = sum(c["guard_warnings"] for c in cells)
+    today = DivergenceGuard().settings()
+    now = [c["guard_now"]["warnings"] for c in cells if c.get("guard_now", {}).get("settings") == today]
+    return f"{then} → {sum(now)}" if len(now) == len(cells) and sum(now) != then else str(then)
 
 
 def write_outputs(store: CellStore, command: str) -> dict[str, Any]:
@@ -183,6 +224,7 @@ def write_outputs(store: CellStore, command: str) -> dict[str, Any]:
                 "flip_dev_ap": row.get("flip_dev_ap"), "sup_dev_ap": row.get("sup_dev_ap"),
                 "flip_dev_f1": row.get("flip_dev_f1"), "sup_dev_f1": row.get("sup_dev_f1"),
                 "seeds": row.get("flip_seeds"), "guard_warnings": row["guard_warnings"],
+                "guard_warnings_today": row.get("guard_warnings_today"),
                 "sizes": sizes.get(dataset), "steps": row["steps"], "settings": row["settings_brief"]}
     data = {**headline.get(DEFAULT_LABEL, {}), "before": headline.get("before", {}),
             "guard_warnings": sum(r["guard_warnings"] for r in headline.get(DEFAULT_LABEL, {}).values()),
@@ -206,9 +248,12 @@ def write_outputs(store: CellStore, command: str) -> dict[str, Any]:
               help="auto: native bf16 where the CPU has it (to save time), else fp32.")
 @click.option("--budget", default=None, help="Stop cleanly before this much wall time (e.g. 150m, 2h).")
 @click.option("--render", "render_only", is_flag=True, help="Only rewrite RESULTS.md and stability.json from cells.")
+@click.option("--rejudge", "rejudge_runs", is_flag=True,
+              help="Replay the stored runs' step metrics through today's divergence guard, then render.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="flipkd cache folder.")
 def cli(datasets: str, seeds: int, variants: str, preset: str, label: str | None, overrides: tuple[str, ...],
-        steps: int, precision: str, budget: str | None, render_only: bool, cache_dir: str | None) -> None:
+        steps: int, precision: str, budget: str | None, render_only: bool, rejudge_runs: bool,
+        cache_dir: str | None) -> None:
     """Train flip and sup students at real size and record dev figures, guard warnings and loss curves."""
     from benchmarks.quality import finetune_cached
     from pipelines import _mlflow
@@ -221,7 +266,9 @@ def cli(datasets: str, seeds: int, variants: str, preset: str, label: str | None
     clock = Budget(parse_budget(budget) if budget else None)
     store = CellStore(CELLS_FILE)
     command = "python -m benchmarks.stability"
-    if render_only:
+    if rejudge_runs:
+        click.echo(f"replayed {rejudge(store)} of {len(store.cells)} stored runs through today's guard")
+    if render_only or rejudge_runs:
         write_outputs(store, command)
         return
     with _mlflow.run("stability", EXPERIMENT):
