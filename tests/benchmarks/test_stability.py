@@ -38,7 +38,8 @@ def mediqa(tmp_path_factory):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('mlruns')}/mlflow.db")
     settings = make_settings("teacher", "defaults", (), 1, "auto")
     splits = build_real(DATASET, COUNTS, settings.teacher, cache)
-    teacher_dir, _ = finetune_cached(DATASET, splits, settings.teacher, settings.teacher_finetune, cache)
+    with mlflow.start_run():  # fine-tuning logs its curve
+        teacher_dir, _ = finetune_cached(DATASET, splits, settings.teacher, settings.teacher_finetune, cache)
     return splits, teacher_dir, cache
 
 
