@@ -17,9 +17,9 @@ import mlflow
 import numpy as np
 
 from benchmarks.datasets import DEFAULT_DATA_ROOT, build
-from components.composite_loss import LossConfig
-from components.lora_encoder import EncoderConfig
-from components.trainer import TrainConfig
+from components.losses.composite_loss import LossConfig
+from components.student.lora_encoder import EncoderConfig
+from components.training.trainer import TrainConfig
 
 CURVES = ("loss/total", "loss/sup", "loss/dist", "loss/mcl", "grad_norm")
 

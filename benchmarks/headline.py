@@ -40,12 +40,12 @@ from benchmarks import _results
 from benchmarks._cells import Budget, CellStore, cell_key, parse_budget
 from benchmarks._real_size import build_real, train_cell
 from benchmarks.datasets import DATASETS
-from components.composite_loss import LossConfig
-from components.lora_encoder import EncoderConfig
+from components.losses.composite_loss import LossConfig
 from components.metrics import average_precision, best_f1_threshold, classification_metrics, roc_auc
 from components.models import TEACHER_DEFAULT
-from components.teacher_finetune import TeacherFinetuneConfig
-from components.trainer import TrainConfig
+from components.student.lora_encoder import EncoderConfig
+from components.teacher.finetune import TeacherFinetuneConfig
+from components.training.trainer import TrainConfig
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CELLS_FILE, SUMMARY_FILE = RESULTS_DIR / "headline_cells.json", RESULTS_DIR / "headline.json"

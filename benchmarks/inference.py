@@ -40,8 +40,8 @@ import torch
 
 from benchmarks._results import write_section
 from components.demo_data import demo_pairs
-from components.lora_encoder import EncoderConfig, LoraEncoder
 from components.models import STUDENT_DEFAULT, load_student, resolve_student
+from components.student.lora_encoder import EncoderConfig, LoraEncoder
 from pipelines import _mlflow
 from pipelines.evaluate import load_trained_encoder
 from pipelines.export import (

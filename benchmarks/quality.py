@@ -57,12 +57,12 @@ import numpy as np
 
 from benchmarks import _results
 from benchmarks.datasets import DATASETS, DEFAULT_DATA_ROOT, DatasetError, build, describe, texts_of
-from components.composite_loss import LossConfig
 from components.data import fingerprint
-from components.lora_encoder import DEFAULT_PROMPT, PROMPTS, EncoderConfig
+from components.losses.composite_loss import LossConfig
 from components.models import STUDENT_DEFAULT, TEACHER_DEFAULT, cache_root, model_fingerprint, resolve_teacher
-from components.teacher_finetune import TeacherFinetuneConfig
-from components.trainer import PRECISIONS, TrainConfig
+from components.student.lora_encoder import DEFAULT_PROMPT, PROMPTS, EncoderConfig
+from components.teacher.finetune import TeacherFinetuneConfig
+from components.training.trainer import PRECISIONS, TrainConfig
 from pipelines._options import POSITIVE, option
 
 EXPERIMENT = "flipkd-benchmark"
@@ -354,7 +354,7 @@ def _duration(seconds: float) -> str:
 
 
 def teacher_scorer(path: str | Path, cache_dir: str | None, progress: bool = False):
-    from components.teacher import TeacherScorer
+    from components.teacher.scorer import TeacherScorer
 
     return TeacherScorer(path, cache=cache_root(cache_dir) / "teacher_embeddings", show_progress=progress)
 
@@ -366,7 +366,7 @@ def _teacher_scorer(path: str | Path, plan: Plan):
 def finetune_cached(dataset: str, splits: dict, teacher: str, config: TeacherFinetuneConfig, cache_dir: str | None,
                     progress: bool = False) -> tuple[Path, dict[str, Any]]:
     """The teacher fine-tuned on this train split: cached by (base teacher, train data, config); reused if there."""
-    from components.teacher_finetune import finetune_teacher
+    from components.teacher.finetune import finetune_teacher
 
     base = resolve_teacher(teacher)
     config = dataclasses.replace(config)
@@ -404,8 +404,8 @@ def run_teacher(splits: dict, teacher: str | Path, model_name: str, plan: Plan) 
 def run_zeroshot(splits: dict, seed: int, plan: Plan) -> dict[str, float]:
     import torch
 
-    from components.lora_encoder import LoraEncoder
     from components.models import load_student, resolve_student
+    from components.student.lora_encoder import LoraEncoder
     from pipelines._evaluation import evaluate_scores
 
     torch.manual_seed(seed)

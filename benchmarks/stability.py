@@ -33,12 +33,12 @@ from benchmarks import _results
 from benchmarks._cells import Budget, CellStore, cell_key, parse_budget
 from benchmarks._real_size import CURVES, build_real, train_cell
 from benchmarks.datasets import DATASETS
-from components.composite_loss import LossConfig
-from components.divergence_guard import WATCHED_PREFIXES, DivergenceGuard
-from components.lora_encoder import EncoderConfig
+from components.losses.composite_loss import LossConfig
 from components.models import TEACHER_DEFAULT
-from components.teacher_finetune import TeacherFinetuneConfig
-from components.trainer import TrainConfig
+from components.student.lora_encoder import EncoderConfig
+from components.teacher.finetune import TeacherFinetuneConfig
+from components.training.divergence_guard import WATCHED_PREFIXES, DivergenceGuard
+from components.training.trainer import TrainConfig
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CELLS_FILE, SUMMARY_FILE = RESULTS_DIR / "stability_cells.json", RESULTS_DIR / "stability.json"

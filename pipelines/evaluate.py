@@ -13,7 +13,6 @@ from pathlib import Path
 import click
 import mlflow
 
-from components.lora_encoder import ENCODER_FILE, LoraEncoder
 from components.models import (
     STUDENT_DEFAULT,
     ModelLoadError,
@@ -23,7 +22,8 @@ from components.models import (
     model_fingerprint,
     resolve_student,
 )
-from components.teacher import TeacherScorer
+from components.student.lora_encoder import ENCODER_FILE, LoraEncoder
+from components.teacher.scorer import TeacherScorer
 from pipelines import _mlflow
 from pipelines._data import data_options, load_splits, log_splits, with_data_args
 from pipelines._evaluation import evaluate_scores, log_pr_curves

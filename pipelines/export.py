@@ -1,7 +1,7 @@
 """``export``: a trained student -> ONNX engines -> parity gates -> the fastest passing engine as an MLflow pyfunc.
 
 Steps: rebuild the trained student (run id, ``runs:/``, ``models:/`` or folder); merge LoRA and truncate at the
-representation layer; export it to ONNX (:func:`components.onnx_export.export_onnx`); make the int8 copies of
+representation layer; export it to ONNX (:func:`components.export.onnx_export.export_onnx`); make the int8 copies of
 :data:`ENGINES` (``rowwise``: per-row activation scales, smoothed from the dev texts as calibration data;
 ``blockwise``: ``MatMulNBits``; ``dynamic``: one scale per tensor, ``down_proj`` fp32); check each against torch
 ``encode`` on the dev pairs through the *serving* path (the tokenizers library, as the deployed model tokenizes):
@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 
 from components.data import DataError, read_pairs
-from components.lora_encoder import LoraEncoder
+from components.export.onnx_export import compare, export_onnx, quantize_int8
 from components.metrics import classification_metrics
-from components.onnx_export import compare, export_onnx, quantize_int8
+from components.student.lora_encoder import LoraEncoder
 from components.visible_text import is_blank
 from pipelines import _mlflow
 from pipelines._data import DataArgs, load_splits
@@ -360,15 +360,21 @@ def model_signature(top_k: int):
 
 def stage_serving_code(folder: Path) -> list[str]:
     """``folder/serving`` and ``folder/components`` holding only the modules the served model imports (the
-    ``serving`` package and :data:`serving.onnx_pyfunc.COMPONENT_MODULES`): MLflow ships each code path whole."""
+    ``serving`` package and :data:`serving.onnx_pyfunc.COMPONENT_MODULES`, with the ``__init__`` of each package on
+    their way): MLflow ships each code path whole."""
     root = Path(onnx_pyfunc.__file__).resolve().parent.parent
+    components = {"__init__.py"}
+    for module in onnx_pyfunc.COMPONENT_MODULES:
+        parts = module.split(".")
+        components.update("/".join([*parts[:depth], "__init__.py"]) for depth in range(1, len(parts)))
+        components.add("/".join(parts) + ".py")
     paths = []
-    for package, names in (("serving", sorted(p.stem for p in (root / "serving").glob("*.py"))),
-                           ("components", ["__init__", *onnx_pyfunc.COMPONENT_MODULES])):
+    for package, names in (("serving", sorted(p.name for p in (root / "serving").glob("*.py"))),
+                           ("components", sorted(components))):
         target = folder / package
-        target.mkdir(parents=True, exist_ok=True)
         for name in names:
-            shutil.copy2(root / package / f"{name}.py", target / f"{name}.py")
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / package / name, target / name)
         paths.append(str(target))
     return paths
 

@@ -4,7 +4,7 @@ With no options it trains the packaged SmolLM2-135M student, taught by the packa
 the embedded demo FAQ data, evaluates it on dev and test, and prints where to look.
 
 Crash safety: every ``--checkpoint-every`` steps the training state is checkpointed (atomically, see
-:mod:`components.checkpoint`) under ``<cache folder>/checkpoints/<run id>/``; ``--resume RUN_ID`` (or
+:mod:`components.training.checkpoint`) under ``<cache folder>/checkpoints/<run id>/``; ``--resume RUN_ID`` (or
 ``mlflow run --run-id RUN_ID``) continues an interrupted run into the same MLflow run, with the same result
 as an uninterrupted one. The checkpoints are deleted when the run finishes.
 """
@@ -29,19 +29,25 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from components.augment import AugmentConfig, teacher_labelled_pairs
-from components.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
-from components.distill_loss import DISTILL_MODES
-from components.distributed import DistributedContext
-from components.divergence_guard import DivergenceGuard, collapse
-from components.lora_encoder import DEFAULT_PROMPT, PROMPTS, READOUTS, EncoderConfig, LoraEncoder
+from components.losses.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
+from components.losses.distill_loss import DISTILL_MODES
 from components.metrics import average_precision, best_f1, best_f1_threshold, roc_auc
 from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
-from components.prefix_cache import disk_store
-from components.teacher import TeacherScorer
-from components.teacher_finetune import FINETUNE_SIDECAR
-from components.teacher_signal import TeacherSignal
-from components.trainer import CLIP_MODES, PRECISIONS, TrainConfig, Trainer, TrainingPairs
+from components.student.lora_encoder import DEFAULT_PROMPT, PROMPTS, READOUTS, EncoderConfig, LoraEncoder
+from components.student.prefix_cache import disk_store
+from components.teacher.finetune import FINETUNE_SIDECAR
+from components.teacher.scorer import TeacherScorer
+from components.teacher.signal import TeacherSignal
+from components.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from components.training.distributed import DistributedContext
+from components.training.divergence_guard import DivergenceGuard, collapse
+from components.training.trainer import CLIP_MODES, PRECISIONS, TrainConfig, Trainer, TrainingPairs
 from pipelines import _mlflow
 from pipelines._data import data_fingerprint, data_options, load_splits, log_splits, with_data_args
 from pipelines._evaluation import all_positive, comparison_table, evaluate_scores, log_pr_curves

@@ -62,12 +62,13 @@ from tokenizers import Tokenizer
 
 from components.checksums import CHECKSUM_FILE, write_checksums  # noqa: F401  (export calls it from here)
 from components.checksums import verify_checksums as _verify_listing
-from components.onnx_session import make_session
+from components.export.onnx_session import make_session
 from components.visible_text import is_blank
 from serving.request_batcher import RequestBatcher
 
-# the torch-free component modules this package imports: the exported model ships these and serving/, nothing else
-COMPONENT_MODULES = ("checksums", "onnx_session", "visible_text")
+# the torch-free component modules this package imports (dotted below components): the exported model ships these,
+# their packages' __init__ and serving/, nothing else
+COMPONENT_MODULES = ("checksums", "export.onnx_session", "visible_text")
 CONFIG_FILE = "flipkd_serving.json"
 FORMAT = "flipkd-serving/1"
 BUNDLE = "bundle"

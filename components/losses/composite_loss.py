@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from components.distill_loss import DistillationLoss
-from components.mcl_loss import MarginAwareContrastiveLoss
+from components.losses.distill_loss import DistillationLoss
+from components.losses.mcl_loss import MarginAwareContrastiveLoss
+from components.losses.sup_loss import SupervisedLoss
 from components.similarity import cosine_matrix
-from components.sup_loss import SupervisedLoss
 
 LOSS_PARTS = ("sup", "dist", "mcl")
 

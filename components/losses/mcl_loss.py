@@ -25,7 +25,7 @@ Inputs:
     z_a, z_b: float [N, d] representations of the two sides (normalised inside);
     teacher: float [N, N] in [0, 1], t_ij = teacher score of a_i against b_j;
     labels: [N] in {0, 1} (graded labels: >= 0.5 counts as a match);
-    keep: optional bool [N] from :class:`components.noise_filter.DualThresholdFilter`.
+    keep: optional bool [N] from :class:`components.teacher.noise_filter.DualThresholdFilter`.
 
 Relations:
     The three margin rules share this one module; only the margin applied to theta changes.
@@ -48,8 +48,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from components.noise_filter import false_negative_mask
 from components.similarity import angle, cosine_matrix
+from components.teacher.noise_filter import false_negative_mask
 
 MarginRule = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.distill_loss import DistillationLoss
+from components.losses.distill_loss import DistillationLoss
 
 HEAD_SCALE, HEAD_BIAS = 6.0, -2.0
 
@@ -112,7 +112,7 @@ def test_prob_hand_computed_and_zero_when_the_student_agrees():
 
 
 def test_prob_trains_the_head_through_the_composite():
-    from components.composite_loss import FlipKDLoss, LossConfig
+    from components.losses.composite_loss import FlipKDLoss, LossConfig
 
     loss = FlipKDLoss(LossConfig(parts=("dist",), distill_mode="prob"))
     g = torch.Generator().manual_seed(0)

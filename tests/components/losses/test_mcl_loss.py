@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.mcl_loss import MarginAwareContrastiveLoss
+from components.losses.mcl_loss import MarginAwareContrastiveLoss
 
 
 def numpy_mcl(z_a, z_b, teacher, labels, keep, margin, tau, delta_neg, rule):

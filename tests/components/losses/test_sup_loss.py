@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from components.composite_loss import FlipKDLoss, LossConfig
-from components.sup_loss import SupervisedLoss
+from components.losses.composite_loss import FlipKDLoss, LossConfig
+from components.losses.sup_loss import SupervisedLoss
 
 
 def test_representation_hand_computed():

@@ -1,0 +1,13 @@
+"""The student: a decoder-only LLM read as an encoder through LoRA (METHOD.md, "The student as an encoder-decoder").
+
+- ``lora_encoder``: ``LoraEncoder`` (z = A x at one LoRA module, pooled, L2-normalised), its ``EncoderConfig``,
+  the saved adapter folder, and ``MergedEncoder``, the merged and truncated copy the ONNX export reads;
+- ``lora_dropout``: the LoRA dropout sites and the cheap, layout-independent masks;
+- ``packing``: several short texts in one row with a block-diagonal causal mask;
+- ``prefix_cache``: the frozen bottom blocks' states, computed once per text and cached (METHOD.md, "LoRA depth");
+- ``cascade``: the retrieval cascade, a cosine shortlist then joint scoring (METHOD.md, "Inference").
+
+May import: torch, peft, transformers, ``components.models`` (model records and fingerprints),
+``components.pooling``, ``components.checksums`` and ``components.teacher.scorer.embedding_cache`` (its shard writer,
+which the prefix cache's disk store shares). Never the losses, the trainer or the export.
+"""
