@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from benchmarks._results import write_section
-from components.demo_data import demo_pairs
+from components.data.demo import demo_pairs
 from components.models import STUDENT_DEFAULT, load_student, resolve_student
 from components.student.lora_encoder import EncoderConfig, LoraEncoder
 from pipelines import _mlflow

@@ -57,7 +57,7 @@ import numpy as np
 
 from benchmarks import _results
 from benchmarks.datasets import DATASETS, DEFAULT_DATA_ROOT, DatasetError, build, describe, texts_of
-from components.data import fingerprint
+from components.data.writing import fingerprint
 from components.losses.composite_loss import LossConfig
 from components.models import STUDENT_DEFAULT, TEACHER_DEFAULT, cache_root, model_fingerprint, resolve_teacher
 from components.student.lora_encoder import DEFAULT_PROMPT, PROMPTS, EncoderConfig
@@ -111,7 +111,7 @@ class Variant:
     no_filter: bool = False
     description: str = ""
     sup_mode: str = "representation"  # "generative": L_sup on the label word, scored jointly (decoder path)
-    extra_per_pair: float = 0.0  # teacher-labelled extra pairs per labelled pair (components.augment)
+    extra_per_pair: float = 0.0  # teacher-labelled extra pairs per labelled pair (components.data.augment)
 
     @property
     def joint(self) -> bool:
@@ -288,7 +288,7 @@ def _wrap(encoder: EncoderConfig) -> str:
 
 def reference_tokens() -> dict[str, float]:
     """Estimated tokens per text of the demo data, on which the assumed throughputs were measured."""
-    from components.demo_data import demo_pairs
+    from components.data.demo import demo_pairs
 
     demo = demo_pairs(0)
     texts = list(dict.fromkeys([*demo["text_a"], *demo["text_b"]]))
@@ -417,7 +417,7 @@ def run_zeroshot(splits: dict, seed: int, plan: Plan) -> dict[str, float]:
 
 
 def run_trained(splits: dict, variant: Variant, seed: int, teacher_dir: Path, plan: Plan) -> dict[str, float]:
-    from components.augment import AugmentConfig
+    from components.data.augment import AugmentConfig
     from pipelines.train import train_student
 
     loss = dataclasses.replace(plan.loss, parts=variant.parts, margin_rule=variant.margin_rule,

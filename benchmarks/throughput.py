@@ -35,8 +35,8 @@ import torch
 
 from benchmarks._results import write_section
 from benchmarks.datasets import DEFAULT_DATA_ROOT, build
-from components.data import read_pairs
-from components.demo_data import write_demo
+from components.data.contract import read_pairs
+from components.data.demo import write_demo
 from components.losses.composite_loss import FlipKDLoss, LossConfig
 from components.metrics import best_f1
 from components.models import cache_root, load_student, resolve_student

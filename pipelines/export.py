@@ -36,11 +36,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from components.data import DataError, read_pairs
+from components.data.contract import DataError, read_pairs
+from components.data.visible_text import is_blank
 from components.export.onnx_export import compare, export_onnx, quantize_int8
 from components.metrics import classification_metrics
 from components.student.lora_encoder import LoraEncoder
-from components.visible_text import is_blank
 from pipelines import _mlflow
 from pipelines._data import DataArgs, load_splits
 from pipelines._options import POSITIVE, UNIT, common_options, option

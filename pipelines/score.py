@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from components.data import write_pairs
+from components.data.writing import write_pairs
 from components.models import TEACHER_DEFAULT, cache_root
 from components.teacher.noise_filter import DualThresholdFilter, FilterReport
 from components.teacher.scorer import TeacherScorer

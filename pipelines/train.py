@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
-from components.augment import AugmentConfig, teacher_labelled_pairs
+from components.data.augment import AugmentConfig, teacher_labelled_pairs
 from components.losses.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
 from components.losses.distill_loss import DISTILL_MODES
 from components.metrics import average_precision, best_f1, best_f1_threshold, roc_auc

@@ -21,7 +21,7 @@ from benchmarks.datasets import (
     lexical_embed,
     texts_of,
 )
-from components.data import CANONICAL_COLUMNS, pair_id
+from components.data.contract import CANONICAL_COLUMNS, pair_id
 
 INTENTS = {
     "card_lost": ("card", "lost", "stolen", "block"),

@@ -91,7 +91,7 @@ def real_pairs(n: int = 8):
         neg = [(r[5], r[6].strip(), 0.0) for r in rows if float(r[4]) <= 1.0][: n - len(pos)]
         pairs = [p for pair in zip(pos, neg, strict=False) for p in pair]
     else:
-        from components.demo_data import demo_pairs
+        from components.data.demo import demo_pairs
 
         frame = demo_pairs().head(n)
         pairs = list(zip(frame.text_a, frame.text_b, frame.label, strict=True))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.visible_text import is_blank
+from components.data.visible_text import is_blank
 
 # (id, text, blank?)
 CASES = [

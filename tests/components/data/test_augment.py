@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from components.augment import AugmentConfig, teacher_labelled_pairs
+from components.data.augment import AugmentConfig, teacher_labelled_pairs
 
 
 def unit_rows(n, d=6, seed=0):

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import data
-from components.data import DataError, DataSpec, check_leakage, fingerprint, read_pairs, split_grouped, write_pairs
+from components.data import contract as data
+from components.data.contract import DataError, DataSpec, read_pairs
 
 HEADER = "text_a,text_b,label\n"
 GOOD_ROWS = "How do I cancel my order?,How can I cancel an order?,1\n"
@@ -213,7 +213,7 @@ def test_soft_labels_in_unit_range_mark_data_graded(tmp_path):
 def test_long_text_truncated_with_warning(tmp_path, caplog):
     long_text = "x" * 1_000_000
     path = _materialise(tmp_path, "d.csv", HEADER + f"short,{long_text},1\n")
-    with caplog.at_level(logging.WARNING, logger="components.data"):
+    with caplog.at_level(logging.WARNING, logger="components.data.contract"):
         df = read_pairs(path, DataSpec(max_chars=1000))
     assert len(df["text_b"][0]) == 1000
     assert f"{path}, row 2, field 'text_b': text of 1000000 characters truncated to max_chars=1000" in caplog.text
@@ -222,7 +222,7 @@ def test_long_text_truncated_with_warning(tmp_path, caplog):
 def test_many_truncations_summarised(tmp_path, caplog):
     rows = "".join(f"{i}{'y' * 50},b,1\n" for i in range(8))
     path = _materialise(tmp_path, "d.csv", HEADER + rows)
-    with caplog.at_level(logging.WARNING, logger="components.data"):
+    with caplog.at_level(logging.WARNING, logger="components.data.contract"):
         read_pairs(path, DataSpec(max_chars=10))
     assert len(caplog.records) == data.MAX_TRUNCATION_WARNINGS + 1
     assert "3 more texts truncated" in caplog.text
@@ -231,7 +231,7 @@ def test_many_truncations_summarised(tmp_path, caplog):
 def test_duplicates_dropped_with_count(tmp_path, caplog):
     rows = "a,b,1\nc,d,0\na,b,1\n  a ,b,0\nb,a,1\n"  # the 4th is a duplicate after stripping; b,a is another pair
     path = _materialise(tmp_path, "d.csv", HEADER + rows)
-    with caplog.at_level(logging.WARNING, logger="components.data"):
+    with caplog.at_level(logging.WARNING, logger="components.data.contract"):
         df = read_pairs(path)
     assert df[["text_a", "text_b"]].values.tolist() == [["a", "b"], ["c", "d"], ["b", "a"]]
     assert df["label"].tolist() == [1.0, 0.0, 1.0]  # the first of each kept
@@ -255,169 +255,3 @@ def test_existing_match_column_kept_unless_threshold_given(tmp_path):
     with pytest.raises(DataError, match="match must be 0 or 1") as info:
         read_pairs(bad)
     assert (info.value.row, info.value.field) == (1, "match")
-
-
-# ----------------------------------------------------------------------------------------------- writing
-
-
-def _frame(n: int = 4) -> pd.DataFrame:
-    rows = [(f"question {i}", f"answer {i}, with a comma", float(i % 2)) for i in range(n)]
-    df = pd.DataFrame(rows, columns=["text_a", "text_b", "label"])
-    df["match"] = df["label"].astype(np.int64)
-    df["pair_id"] = [data.pair_id(a, b) for a, b in zip(df["text_a"], df["text_b"], strict=True)]
-    df["group"] = ["g0", "g1", "g0", "g1"][:n]
-    return df
-
-
-@pytest.mark.parametrize("name", ["pairs.jsonl", "pairs.json", "pairs.csv", "pairs.tsv", "pairs.parquet"])
-def test_write_read_round_trip(tmp_path, name):
-    df = _frame()
-    path = tmp_path / "out" / name
-    write_pairs(df, path)
-    back = read_pairs(path)
-    pd.testing.assert_frame_equal(back, df)
-    assert fingerprint(back) == fingerprint(df)
-    assert sorted(p.name for p in path.parent.iterdir()) == [name]  # no temp file left behind
-
-
-def test_jsonl_is_one_utf8_object_per_line(tmp_path):
-    df = _frame(2)
-    df.loc[0, "text_a"] = "café ☕"
-    path = tmp_path / "p.jsonl"
-    write_pairs(df, path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 2 and json.loads(lines[0])["text_a"] == "café ☕"
-
-
-def test_write_is_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "p.jsonl"
-    write_pairs(_frame(2), path)
-    before = path.read_bytes()
-
-    def crash(_path):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(data, "_fsync", crash)
-    with pytest.raises(OSError, match="disk full"):
-        write_pairs(_frame(4), path)
-    assert path.read_bytes() == before  # the old file is intact
-    assert [p.name for p in tmp_path.iterdir()] == ["p.jsonl"]  # and the temp file is gone
-
-
-def test_write_rejects_unknown_format_and_tsv_unsafe_text(tmp_path):
-    with pytest.raises(DataError, match="unknown file format"):
-        write_pairs(_frame(), tmp_path / "p.txt")
-    df = _frame()
-    df.loc[1, "text_b"] = "tab\there"
-    with pytest.raises(DataError, match="TSV cannot store") as info:
-        write_pairs(df, tmp_path / "p.tsv")
-    assert info.value.field == "text_b"
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_fingerprint_is_stable_and_sensitive():
-    df = _frame()
-    assert fingerprint(df) == "4d6d87006edf61ad"  # fixed value: the same across processes and runs
-    assert fingerprint(df.iloc[::-1]) != fingerprint(df)
-    changed = df.copy()
-    changed.loc[0, "label"] = 0.5
-    assert fingerprint(changed) != fingerprint(df)
-    assert fingerprint(df.drop(columns=["group"])) == fingerprint(df)  # only text_a, text_b, label count
-
-
-# ----------------------------------------------------------------------------------------------- splitting
-
-
-def _clustered_pairs(n_clusters: int = 60, seed: int = 0) -> pd.DataFrame:
-    """Small connected clusters of 2-6 pairs each (like paraphrase groups), 200-odd pairs in all."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for c in range(n_clusters):
-        texts = [f"cluster {c} text {k}" for k in range(int(rng.integers(3, 6)))]
-        for k in range(1, len(texts)):
-            rows.append((texts[0], texts[k], float(k % 2)))
-        rows.append((texts[1], texts[-1], 0.0))
-    return pd.DataFrame(rows, columns=["text_a", "text_b", "label"])
-
-
-def _texts(df: pd.DataFrame) -> set[str]:
-    return set(df["text_a"]) | set(df["text_b"])
-
-
-def test_split_grouped_keeps_texts_apart_and_respects_fractions():
-    df = _clustered_pairs()
-    splits = split_grouped(df, dev_fraction=0.1, test_fraction=0.2, seed=3)
-    assert list(splits) == ["train", "dev", "test"]
-    assert sum(len(s) for s in splits.values()) == len(df)
-    for x, y in [("train", "dev"), ("train", "test"), ("dev", "test")]:
-        assert not _texts(splits[x]) & _texts(splits[y])
-    assert check_leakage(splits) == 0
-    assert abs(len(splits["dev"]) / len(df) - 0.1) < 0.03
-    assert abs(len(splits["test"]) / len(df) - 0.2) < 0.03
-
-
-def test_split_grouped_is_deterministic_per_seed():
-    df = _clustered_pairs()
-    first, again, other = split_grouped(df, seed=7), split_grouped(df, seed=7), split_grouped(df, seed=8)
-    for split in first:
-        pd.testing.assert_frame_equal(first[split], again[split])
-    assert first["dev"]["text_a"].tolist() != other["dev"]["text_a"].tolist()
-
-
-def test_split_grouped_links_texts_across_sides():
-    # "x" is text_b of one pair and text_a of another: both pairs must stay together.
-    df = pd.DataFrame({"text_a": ["a", "x", "c", "e"], "text_b": ["x", "b", "d", "f"], "label": [1.0, 0, 1, 0]})
-    for seed in range(5):
-        splits = split_grouped(df, 0.25, 0.25, seed=seed)
-        together = [s for s in splits.values() if "x" in _texts(s)]
-        assert len(together) == 1 and len(together[0]) == 2
-
-
-def test_split_grouped_shares_hub_texts_of_a_giant_component(caplog):
-    # FAQ-like: every query is paired with one of two answers, which are also paired with each other.
-    rows = [(f"query {i}", "the one answer" if i < 150 else "the other answer", float(i % 2)) for i in range(200)]
-    rows.append(("the one answer", "the other answer", 0.0))
-    df = pd.DataFrame(rows, columns=["text_a", "text_b", "label"])
-    with caplog.at_level(logging.WARNING, logger="components.data"):
-        splits = split_grouped(df, 0.1, 0.1, seed=0)
-    assert "sharing the 1 most frequent texts" in caplog.text
-    assert sum(len(s) for s in splits.values()) == len(df)  # nothing dropped
-    assert abs(len(splits["dev"]) - 20) <= 2 and abs(len(splits["test"]) - 20) <= 2
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="components.data"):
-        assert check_leakage(splits) == 1  # only the hub is shared; queries never cross
-    assert "1 distinct texts" in caplog.text
-
-
-def test_split_grouped_carves_a_giant_component_without_hubs(caplog):
-    # A chain t0 - t1 - ... - t200: one component, no text in more than two pairs.
-    df = pd.DataFrame({"text_a": [f"t{i}" for i in range(200)], "text_b": [f"t{i + 1}" for i in range(200)],
-                       "label": 1.0})
-    with caplog.at_level(logging.WARNING, logger="components.data"):
-        splits = split_grouped(df, 0.1, 0.1, seed=0)
-        again = split_grouped(df, 0.1, 0.1, seed=0)
-    assert "carved dev/test out of it and dropped" in caplog.text
-    assert len(splits["dev"]) >= 20 and len(splits["test"]) >= 20
-    assert check_leakage(splits) == 0
-    assert 0 < len(df) - sum(len(s) for s in splits.values()) <= 6  # only the pairs across the cuts
-    pd.testing.assert_frame_equal(splits["test"], again["test"])
-
-
-def test_split_grouped_edge_cases():
-    empty = pd.DataFrame({"text_a": [], "text_b": [], "label": []})
-    assert all(len(s) == 0 for s in split_grouped(empty).values())
-    with pytest.raises(ValueError, match="sum < 1"):
-        split_grouped(_clustered_pairs(), 0.5, 0.5)
-
-
-def test_check_leakage_counts_and_warns(caplog):
-    train = pd.DataFrame({"text_a": ["a", "b"], "text_b": ["c", "d"]})
-    dev = pd.DataFrame({"text_a": ["c", "e"], "text_b": ["a", "f"]})
-    test = pd.DataFrame({"text_a": ["f"], "text_b": ["g"]})
-    with caplog.at_level(logging.WARNING, logger="components.data"):
-        assert check_leakage({"train": train, "dev": dev, "test": test}) == 3  # a, c, f
-    assert "3 distinct texts appear in more than one split" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="components.data"):
-        assert check_leakage({"train": train, "test": test}) == 0
-    assert caplog.text == ""

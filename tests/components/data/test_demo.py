@@ -8,8 +8,9 @@ import logging
 import pandas as pd
 import pytest
 
-from components.data import CANONICAL_COLUMNS, check_leakage, read_pairs
-from components.demo_data import FAMILIES, SOURCE, _overlap, demo_pairs, write_demo
+from components.data.contract import CANONICAL_COLUMNS, read_pairs
+from components.data.demo import FAMILIES, SOURCE, _overlap, demo_pairs, write_demo
+from components.data.splitting import check_leakage
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_write_demo_splits_by_phrasing(tmp_path, caplog):
 
 def test_each_intent_is_phrased_with_other_templates_in_each_split(demo):
     """Dev and test ask the known questions in wordings never seen in training: whole templates per split."""
-    from components.demo_data import _expand
+    from components.data.demo import _expand
 
     for intents in FAMILIES.values():
         for intent, templates in intents.items():
