@@ -59,7 +59,8 @@ from benchmarks import _results
 from benchmarks.datasets import DATASETS, DEFAULT_DATA_ROOT, DatasetError, build, describe, texts_of
 from components.data.writing import fingerprint
 from components.losses.composite_loss import LossConfig
-from components.models import STUDENT_DEFAULT, TEACHER_DEFAULT, cache_root, model_fingerprint, resolve_teacher
+from components.model_cache import cache_root
+from components.models import STUDENT_DEFAULT, TEACHER_DEFAULT, model_fingerprint, resolve_teacher
 from components.student.lora_encoder import DEFAULT_PROMPT, PROMPTS, EncoderConfig
 from components.teacher.finetune import TeacherFinetuneConfig
 from components.training.trainer import PRECISIONS, TrainConfig

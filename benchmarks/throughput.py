@@ -39,7 +39,8 @@ from components.data.contract import read_pairs
 from components.data.demo import write_demo
 from components.losses.composite_loss import FlipKDLoss, LossConfig
 from components.metrics import best_f1
-from components.models import cache_root, load_student, resolve_student
+from components.model_cache import cache_root
+from components.models import load_student, resolve_student
 from components.student.lora_encoder import EncoderConfig, LoraEncoder
 from components.student.prefix_cache import disk_store
 from components.teacher.noise_filter import DualThresholdFilter

@@ -174,7 +174,7 @@ def clean_errors(func: Callable) -> Callable:
     (``ValueError`` raised by config validation), missing files. Set ``FLIPKD_DEBUG=1`` for the traceback.
     """
     from components.data.contract import DataError
-    from components.models import ModelLoadError
+    from components.model_cache import ModelLoadError
     from pipelines._console import setup_console
 
     @functools.wraps(func)

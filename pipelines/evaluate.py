@@ -13,15 +13,8 @@ from pathlib import Path
 import click
 import mlflow
 
-from components.models import (
-    STUDENT_DEFAULT,
-    ModelLoadError,
-    cache_root,
-    load_student,
-    looks_like_path,
-    model_fingerprint,
-    resolve_student,
-)
+from components.model_cache import ModelLoadError, cache_root
+from components.models import STUDENT_DEFAULT, load_student, looks_like_path, model_fingerprint, resolve_student
 from components.student.lora_encoder import ENCODER_FILE, LoraEncoder
 from components.teacher.scorer import TeacherScorer
 from pipelines import _mlflow

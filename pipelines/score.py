@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from components.data.writing import write_pairs
-from components.models import TEACHER_DEFAULT, cache_root
+from components.model_cache import cache_root
+from components.models import TEACHER_DEFAULT
 from components.teacher.noise_filter import DualThresholdFilter, FilterReport
 from components.teacher.scorer import TeacherScorer
 from components.teacher.signal import TeacherSignal, compute_teacher_signal

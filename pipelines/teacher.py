@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from components.models import TEACHER_DEFAULT, cache_root
+from components.model_cache import cache_root
+from components.models import TEACHER_DEFAULT
 from components.teacher.finetune import TeacherFinetuneConfig, finetune_teacher
 from components.teacher.scorer import TeacherScorer
 from pipelines import _mlflow

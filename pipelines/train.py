@@ -32,7 +32,8 @@ from components.data.augment import AugmentConfig, teacher_labelled_pairs
 from components.losses.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
 from components.losses.distill_loss import DISTILL_MODES
 from components.metrics import average_precision, best_f1, best_f1_threshold, roc_auc
-from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
+from components.model_cache import cache_root
+from components.models import STUDENT_DEFAULT, load_student, resolve_student
 from components.student.lora_encoder import DEFAULT_PROMPT, PROMPTS, READOUTS, EncoderConfig, LoraEncoder
 from components.student.prefix_cache import disk_store
 from components.teacher.finetune import FINETUNE_SIDECAR

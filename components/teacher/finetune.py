@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from components.losses.cosent_loss import CoSENTLoss
-from components.models import load_teacher, model_fingerprint, resolve_teacher, write_folder_atomically
+from components.model_cache import write_folder_atomically
+from components.models import load_teacher, model_fingerprint, resolve_teacher
 from components.teacher.scorer import TEACHER_POOLING, embed_batch
 
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",

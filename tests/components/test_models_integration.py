@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from components import models
-from components.models import load_student, resolve_student, resolve_teacher, verify_folder
+from components.model_cache import verify_folder
+from components.models import load_student, resolve_student, resolve_teacher
 from components.teacher.scorer import TeacherScorer
 
 pytestmark = pytest.mark.integration

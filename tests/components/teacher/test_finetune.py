@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from components.losses.cosent_loss import CoSENTLoss
-from components.models import CHECKSUM_FILE, resolve_teacher, verify_folder
+from components.model_cache import CHECKSUM_FILE, verify_folder
+from components.models import resolve_teacher
 from components.teacher.finetune import FINETUNE_SIDECAR, TeacherFinetuneConfig, finetune_teacher
 from components.teacher.scorer import TeacherScorer
 
