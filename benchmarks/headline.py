@@ -73,7 +73,7 @@ class Settings:
 
     def student(self, variant: str) -> tuple[EncoderConfig, LossConfig, TrainConfig]:
         """The configs of one student variant (``flip_best`` adds the ``--best`` settings)."""
-        from benchmarks.quality import apply_overrides
+        from benchmarks._quality_plan import apply_overrides
 
         encoder, loss, train = (dataclasses.replace(c) for c in (self.encoder, self.loss, self.train))
         if variant == "flip_best":
@@ -151,7 +151,7 @@ def mix_scores(dev: list[np.ndarray], test: list[np.ndarray], dev_labels: np.nda
 
 
 def teacher_cell(dataset: str, splits: dict, settings: Settings, epochs: int | None, cache_dir: str | None) -> dict:
-    from benchmarks.quality import finetune_cached, teacher_scorer
+    from benchmarks._quality_runs import finetune_cached, teacher_scorer
 
     path: str | Path = settings.teacher
     if epochs:
@@ -353,7 +353,7 @@ def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> 
 def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_count: int, budget: str | None,
         render_only: bool, cache_dir: str | None) -> None:
     """The flipped student against its fine-tuned teacher and sup_only at real sizes (resumable)."""
-    from benchmarks.quality import apply_overrides
+    from benchmarks._quality_plan import apply_overrides
     from pipelines import _mlflow
 
     names = [d.strip() for d in datasets.split(",") if d.strip()]

@@ -92,7 +92,7 @@ class Settings:
 
 
 def make_settings(label: str, preset: str, overrides: tuple[str, ...], steps: int, precision: str) -> Settings:
-    from benchmarks.quality import apply_overrides
+    from benchmarks._quality_plan import apply_overrides
 
     encoder, loss = EncoderConfig(), LossConfig()
     train = TrainConfig(max_steps=steps, precision=precision)
@@ -255,7 +255,7 @@ def cli(datasets: str, seeds: int, variants: str, preset: str, label: str | None
         steps: int, precision: str, budget: str | None, render_only: bool, rejudge_runs: bool,
         cache_dir: str | None) -> None:
     """Train flip and sup students at real size and record dev figures, guard warnings and loss curves."""
-    from benchmarks.quality import finetune_cached
+    from benchmarks._quality_runs import finetune_cached
     from pipelines import _mlflow
 
     names = [d.strip() for d in datasets.split(",") if d.strip()]
