@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from components.export.onnx_export import export_onnx
 from components.student.lora_encoder import PROMPTS, EncoderConfig, LoraEncoder
-from pipelines import export, promote, train
+from pipelines import _export_gates, export, promote, train
 from pipelines.evaluate import load_trained_encoder
 from serving.onnx_pyfunc import COMPONENT_MODULES, OnnxTextEncoder
 from tests.tiny_models import random_texts, tiny_llama, tiny_tokenizer
@@ -149,7 +149,7 @@ def test_served_tokens_and_vectors_equal_torch(tmp_path, prompt, max_length):
     bundle = export.write_bundle(enc, tmp_path / "onnx", tmp_path / "bundle", engine="fp32", limits=export.Limits())
     served = OnnxTextEncoder(bundle, threads=1)
     texts = [*random_texts(12, seed=3), " ".join(random_texts(8, seed=4))]  # the last one is truncated
-    assert export.token_mismatches(enc, served, texts) == 0
+    assert _export_gates.token_mismatches(enc, served, texts) == 0
     assert max(len(ids) for ids in served.token_ids(texts)) == max_length
     np.testing.assert_allclose(served.encode(texts, 4), enc.encode(texts).numpy(), atol=1e-4, rtol=0)
 
