@@ -35,7 +35,8 @@ import torch
 
 from components.export.int8_rowwise import quantize_int8_rowwise
 from components.export.onnx_session import make_session as ort_session  # noqa: F401  (re-exported)
-from components.student.lora_encoder import LoraEncoder, MergedEncoder
+from components.student.lora_encoder import LoraEncoder
+from components.student.merged_encoder import MergedEncoder
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "pooled"
