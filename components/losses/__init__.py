@@ -7,5 +7,5 @@
 - ``composite_loss``: ``FlipKDLoss``, L = w_sup L_sup + w_dist L_dist + w_MCL L_MCL, and its ``LossConfig``.
 
 May import: torch, ``components.similarity`` (the one cosine matrix and angle every loss reads) and
-``components.teacher.scorer.noise_filter`` (the false-negative rule of the contrastive denominator). No model loading.
+``components.teacher.noise_filter`` (the false-negative rule of the contrastive denominator). No model loading.
 """

@@ -10,6 +10,6 @@
 - ``cascade``: the retrieval cascade, a cosine shortlist then joint scoring (METHOD.md, "Inference").
 
 May import: torch, peft, transformers, ``components.models`` (model records and fingerprints),
-``components.pooling``, ``components.checksums`` and ``components.teacher.scorer.embedding_cache`` (its shard writer,
+``components.pooling``, ``components.checksums`` and ``components.teacher.embedding_cache`` (its shard writer,
 which the prefix cache's disk store shares). Never the losses, the trainer or the export.
 """

@@ -8,6 +8,7 @@ dual-threshold noise filter").
 - ``embedding_cache``: the persistent cache of teacher embeddings (safetensors shards);
 - ``noise_filter``: the dual-threshold noise filter and the in-batch false-negative mask.
 
-May import: torch, transformers, ``components.models`` (resolving and loading the teacher), ``components.pooling``
-and ``components.losses.cosent_loss`` (the fine-tuning loss). Never the student, the trainer or the export.
+May import: torch, transformers, ``components.models`` (resolving and loading the teacher), ``components.model_cache``
+(the atomic folder a fine-tuned teacher is written to), ``components.pooling`` and ``components.losses.cosent_loss``
+(the fine-tuning loss). Never the student, the trainer or the export.
 """
