@@ -17,9 +17,9 @@ import mlflow
 import numpy as np
 
 from benchmarks.datasets import DEFAULT_DATA_ROOT, build
-from components.composite_loss import LossConfig
-from components.lora_encoder import EncoderConfig
-from components.trainer import TrainConfig
+from components.losses.composite_loss import LossConfig
+from components.student.lora_encoder import EncoderConfig
+from components.training.trainer import TrainConfig
 
 CURVES = ("loss/total", "loss/sup", "loss/dist", "loss/mcl", "grad_norm")
 
@@ -28,7 +28,7 @@ def build_real(dataset: str, counts: dict[str, int | None], teacher: str, cache_
                data_root: Path = DEFAULT_DATA_ROOT) -> dict:
     """Splits of ``dataset`` at ``counts`` (``max_train``, ``max_dev``, ``max_test``); MEDIQA's dev grows from its
     training file to ``max_dev`` pairs; banking77's hard negatives come from the base ``teacher``."""
-    from benchmarks.quality import teacher_scorer
+    from benchmarks._quality_runs import teacher_scorer
 
     embed = teacher_scorer(teacher, cache_dir).encode if dataset == "banking77" else None
     return build(dataset, data_root, **counts, seed=0, embed=embed, min_dev=counts.get("max_dev") or 0)

@@ -1,4 +1,4 @@
-"""Real text-pair benchmarks as canonical train/dev/test frames (``components.data``'s contract).
+"""Real text-pair benchmarks as canonical train/dev/test frames (``components.data.contract``'s contract).
 
 Each builder reads one folder of ``../shared/data`` (see its README) and returns ``{"train", "dev", "test"}``
 frames with the columns ``text_a, text_b, label, match, pair_id`` (plus ``kind`` for banking77) and
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.data import CANONICAL_COLUMNS, SPLITS, pair_id
+from components.data.contract import CANONICAL_COLUMNS, SPLITS, pair_id
 
 logger = logging.getLogger(__name__)
 

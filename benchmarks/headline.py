@@ -40,12 +40,12 @@ from benchmarks import _results
 from benchmarks._cells import Budget, CellStore, cell_key, parse_budget
 from benchmarks._real_size import build_real, train_cell
 from benchmarks.datasets import DATASETS
-from components.composite_loss import LossConfig
-from components.lora_encoder import EncoderConfig
+from components.losses.composite_loss import LossConfig
 from components.metrics import average_precision, best_f1_threshold, classification_metrics, roc_auc
 from components.models import TEACHER_DEFAULT
-from components.teacher_finetune import TeacherFinetuneConfig
-from components.trainer import TrainConfig
+from components.student.lora_encoder import EncoderConfig
+from components.teacher.finetune import TeacherFinetuneConfig
+from components.training.trainer import TrainConfig
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CELLS_FILE, SUMMARY_FILE = RESULTS_DIR / "headline_cells.json", RESULTS_DIR / "headline.json"
@@ -73,7 +73,7 @@ class Settings:
 
     def student(self, variant: str) -> tuple[EncoderConfig, LossConfig, TrainConfig]:
         """The configs of one student variant (``flip_best`` adds the ``--best`` settings)."""
-        from benchmarks.quality import apply_overrides
+        from benchmarks._quality_plan import apply_overrides
 
         encoder, loss, train = (dataclasses.replace(c) for c in (self.encoder, self.loss, self.train))
         if variant == "flip_best":
@@ -151,7 +151,7 @@ def mix_scores(dev: list[np.ndarray], test: list[np.ndarray], dev_labels: np.nda
 
 
 def teacher_cell(dataset: str, splits: dict, settings: Settings, epochs: int | None, cache_dir: str | None) -> dict:
-    from benchmarks.quality import finetune_cached, teacher_scorer
+    from benchmarks._quality_runs import finetune_cached, teacher_scorer
 
     path: str | Path = settings.teacher
     if epochs:
@@ -353,7 +353,7 @@ def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> 
 def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_count: int, budget: str | None,
         render_only: bool, cache_dir: str | None) -> None:
     """The flipped student against its fine-tuned teacher and sup_only at real sizes (resumable)."""
-    from benchmarks.quality import apply_overrides
+    from benchmarks._quality_plan import apply_overrides
     from pipelines import _mlflow
 
     names = [d.strip() for d in datasets.split(",") if d.strip()]

@@ -39,23 +39,13 @@ import numpy as np
 import torch
 
 from benchmarks._results import write_section
-from components.demo_data import demo_pairs
-from components.lora_encoder import EncoderConfig, LoraEncoder
+from components.data.demo import demo_pairs
 from components.models import STUDENT_DEFAULT, load_student, resolve_student
+from components.student.lora_encoder import EncoderConfig, LoraEncoder
 from pipelines import _mlflow
+from pipelines._export_gates import Gates, check_parity, choose_engine, measure_speed
 from pipelines.evaluate import load_trained_encoder
-from pipelines.export import (
-    ENGINES,
-    Faq,
-    Gates,
-    Limits,
-    add_faq,
-    check_parity,
-    choose_engine,
-    export_engines,
-    measure_speed,
-    pyfunc_arguments,
-)
+from pipelines.export import ENGINES, Faq, Limits, add_faq, export_engines, pyfunc_arguments
 from serving.onnx_pyfunc import BATCHING_ENV, THREADS_ENV, OnnxTextEncoder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"

@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 
 from benchmarks._results import write_section
 from benchmarks.datasets import DATASETS, DEFAULT_DATA_ROOT, build
-from components.lora_encoder import PROMPTS, EncoderConfig, LoraEncoder
 from components.metrics import average_precision, best_f1
 from components.models import load_student, resolve_student
 from components.pooling import POOLING_MODES, pool_normalized
-from components.teacher import TeacherScorer
+from components.student.lora_encoder import PROMPTS, EncoderConfig, LoraEncoder
+from components.teacher.scorer import TeacherScorer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "representation_probe.json"
 

@@ -298,7 +298,7 @@ def _served_engine(mlflow, uri: str) -> str | None:
 
 
 def _demo_texts() -> list[str]:
-    from components.demo_data import demo_pairs
+    from components.data.demo import demo_pairs
 
     frame = demo_pairs(0)
     return list(dict.fromkeys([*frame["text_a"], *frame["text_b"]]))

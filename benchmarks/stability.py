@@ -33,12 +33,12 @@ from benchmarks import _results
 from benchmarks._cells import Budget, CellStore, cell_key, parse_budget
 from benchmarks._real_size import CURVES, build_real, train_cell
 from benchmarks.datasets import DATASETS
-from components.composite_loss import LossConfig
-from components.divergence_guard import WATCHED_PREFIXES, DivergenceGuard
-from components.lora_encoder import EncoderConfig
+from components.losses.composite_loss import LossConfig
 from components.models import TEACHER_DEFAULT
-from components.teacher_finetune import TeacherFinetuneConfig
-from components.trainer import TrainConfig
+from components.student.lora_encoder import EncoderConfig
+from components.teacher.finetune import TeacherFinetuneConfig
+from components.training.divergence_guard import WATCHED_PREFIXES, DivergenceGuard
+from components.training.trainer import TrainConfig
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CELLS_FILE, SUMMARY_FILE = RESULTS_DIR / "stability_cells.json", RESULTS_DIR / "stability.json"
@@ -92,7 +92,7 @@ class Settings:
 
 
 def make_settings(label: str, preset: str, overrides: tuple[str, ...], steps: int, precision: str) -> Settings:
-    from benchmarks.quality import apply_overrides
+    from benchmarks._quality_plan import apply_overrides
 
     encoder, loss = EncoderConfig(), LossConfig()
     train = TrainConfig(max_steps=steps, precision=precision)
@@ -255,7 +255,7 @@ def cli(datasets: str, seeds: int, variants: str, preset: str, label: str | None
         steps: int, precision: str, budget: str | None, render_only: bool, rejudge_runs: bool,
         cache_dir: str | None) -> None:
     """Train flip and sup students at real size and record dev figures, guard warnings and loss curves."""
-    from benchmarks.quality import finetune_cached
+    from benchmarks._quality_runs import finetune_cached
     from pipelines import _mlflow
 
     names = [d.strip() for d in datasets.split(",") if d.strip()]

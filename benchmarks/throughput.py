@@ -10,7 +10,7 @@ parameters needed = those of the layers the representation actually passes throu
 ``bf16`` option when the default is fp32 and the CPU has native bf16, teacher texts/s and student
 ``encode`` texts/s (part ``loop``).
 
-Part ``depth`` (LoRA in the top K blocks, the frozen prefix cached: :mod:`components.prefix_cache`): on the same
+Part ``depth`` (LoRA in the top K blocks, the frozen prefix cached: :mod:`components.student.prefix_cache`): on the same
 batches of real pairs (MEDIQA RQE questions, which fill the 64-token limit, and banking77 utterances, which are
 short), 3 epochs per configuration from a cold cache, for full depth (today's default) and K = 2, 4, 8, 15: pairs/s
 over the first epoch with the cache build, over the later epochs (warm cache), over the whole run; peak RSS (each
@@ -35,17 +35,18 @@ import torch
 
 from benchmarks._results import write_section
 from benchmarks.datasets import DEFAULT_DATA_ROOT, build
-from components.composite_loss import FlipKDLoss, LossConfig
-from components.data import read_pairs
-from components.demo_data import write_demo
-from components.lora_encoder import EncoderConfig, LoraEncoder
+from components.data.contract import read_pairs
+from components.data.demo import write_demo
+from components.losses.composite_loss import FlipKDLoss, LossConfig
 from components.metrics import best_f1
-from components.models import cache_root, load_student, resolve_student
-from components.noise_filter import DualThresholdFilter
-from components.prefix_cache import disk_store
-from components.teacher import TeacherScorer
-from components.teacher_signal import compute_teacher_signal
-from components.trainer import PRECISIONS, TrainConfig, Trainer, TrainingPairs, cpu_supports_bf16
+from components.model_cache import cache_root
+from components.models import load_student, resolve_student
+from components.student.lora_encoder import EncoderConfig, LoraEncoder
+from components.student.prefix_cache import disk_store
+from components.teacher.noise_filter import DualThresholdFilter
+from components.teacher.scorer import TeacherScorer
+from components.teacher.signal import compute_teacher_signal
+from components.training.trainer import PRECISIONS, TrainConfig, Trainer, TrainingPairs, cpu_supports_bf16
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
 

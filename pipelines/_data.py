@@ -2,7 +2,7 @@
 
 Sources, in order: ``--train/--dev/--test`` files (used as given; a text on both sides of a split is
 warned about), ``--data`` (one file, split by the project so no text crosses a split), or nothing: the
-embedded demo (written by :mod:`components.demo_data` into the output folder).
+embedded demo (written by :mod:`components.data.demo` into the output folder).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import click
 import mlflow
 import pandas as pd
 
-from components.data import DataError, DataSpec, check_leakage, fingerprint, read_pairs, split_grouped
-from components.demo_data import write_demo
+from components.data.contract import DataError, DataSpec, read_pairs
+from components.data.demo import write_demo
+from components.data.splitting import check_leakage, split_grouped
+from components.data.writing import fingerprint
 from pipelines._options import option
 
 logger = logging.getLogger(__name__)

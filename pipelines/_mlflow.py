@@ -173,8 +173,8 @@ def clean_errors(func: Callable) -> Callable:
     Expected: bad data (``DataError``), unloadable models (``ModelLoadError``), bad option values
     (``ValueError`` raised by config validation), missing files. Set ``FLIPKD_DEBUG=1`` for the traceback.
     """
-    from components.data import DataError
-    from components.models import ModelLoadError
+    from components.data.contract import DataError
+    from components.model_cache import ModelLoadError
     from pipelines._console import setup_console
 
     @functools.wraps(func)

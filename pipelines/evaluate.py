@@ -13,17 +13,10 @@ from pathlib import Path
 import click
 import mlflow
 
-from components.lora_encoder import ENCODER_FILE, LoraEncoder
-from components.models import (
-    STUDENT_DEFAULT,
-    ModelLoadError,
-    cache_root,
-    load_student,
-    looks_like_path,
-    model_fingerprint,
-    resolve_student,
-)
-from components.teacher import TeacherScorer
+from components.model_cache import ModelLoadError, cache_root
+from components.models import STUDENT_DEFAULT, load_student, looks_like_path, model_fingerprint, resolve_student
+from components.student.lora_encoder import ENCODER_FILE, LoraEncoder
+from components.teacher.scorer import TeacherScorer
 from pipelines import _mlflow
 from pipelines._data import data_options, load_splits, log_splits, with_data_args
 from pipelines._evaluation import evaluate_scores, log_pr_curves

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import mlflow
 
-from components.data import read_pairs
+from components.data.contract import read_pairs
 from components.models import STUDENT_DEFAULT, TEACHER_DEFAULT
 from pipelines import _mlflow
 from pipelines import prepare as prepare_step

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from components.data import check_leakage, fingerprint, write_pairs
+from components.data.splitting import check_leakage
+from components.data.writing import fingerprint, write_pairs
 from pipelines import _mlflow
 from pipelines._data import data_options, load_splits, log_splits, with_data_args
 from pipelines._options import common_options, option

@@ -15,11 +15,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from components.data import write_pairs
-from components.models import TEACHER_DEFAULT, cache_root
-from components.noise_filter import DualThresholdFilter, FilterReport
-from components.teacher import TeacherScorer
-from components.teacher_signal import TeacherSignal, compute_teacher_signal
+from components.data.writing import write_pairs
+from components.model_cache import cache_root
+from components.models import TEACHER_DEFAULT
+from components.teacher.noise_filter import DualThresholdFilter, FilterReport
+from components.teacher.scorer import TeacherScorer
+from components.teacher.signal import TeacherSignal, compute_teacher_signal
 from pipelines import _mlflow, _plots
 from pipelines._data import data_options, load_splits, log_splits, with_data_args
 from pipelines._options import UNIT, common_options, option

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import click
 
-from components.models import TEACHER_DEFAULT, cache_root
-from components.teacher import TeacherScorer
-from components.teacher_finetune import TeacherFinetuneConfig, finetune_teacher
+from components.model_cache import cache_root
+from components.models import TEACHER_DEFAULT
+from components.teacher.finetune import TeacherFinetuneConfig, finetune_teacher
+from components.teacher.scorer import TeacherScorer
 from pipelines import _mlflow
 from pipelines._data import data_options, load_splits, log_splits, with_data_args
 from pipelines._evaluation import evaluate_scores

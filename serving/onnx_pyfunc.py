@@ -37,7 +37,7 @@ columns                   output columns (one row per input row)
 ``params={"top_k": k}`` overrides the exported top-k for a query request. Bad input raises
 :class:`InputError` (an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``), which the scoring server returns as
 HTTP 400 with the message alone: no recognised column set, a missing partner column, a value that is not a string,
-an empty text or one of only whitespace and invisible characters (``components/visible_text.py``), more rows
+an empty text or one of only whitespace and invisible characters (``components/data/visible_text.py``), more rows
 than ``max_rows``, and a text longer than ``max_chars`` characters. Long texts are rejected by default
 (``on_long_text="reject"``): the model reads only the first ``max_length - 1`` tokens, so a huge text is almost
 certainly a client mistake. With ``on_long_text="truncate"`` (an export option) they are
@@ -62,12 +62,13 @@ from tokenizers import Tokenizer
 
 from components.checksums import CHECKSUM_FILE, write_checksums  # noqa: F401  (export calls it from here)
 from components.checksums import verify_checksums as _verify_listing
-from components.onnx_session import make_session
-from components.visible_text import is_blank
+from components.data.visible_text import is_blank
+from components.export.onnx_session import make_session
 from serving.request_batcher import RequestBatcher
 
-# the torch-free component modules this package imports: the exported model ships these and serving/, nothing else
-COMPONENT_MODULES = ("checksums", "onnx_session", "visible_text")
+# the torch-free component modules this package imports (dotted below components): the exported model ships these,
+# their packages' __init__ and serving/, nothing else
+COMPONENT_MODULES = ("checksums", "data.visible_text", "export.onnx_session")
 CONFIG_FILE = "flipkd_serving.json"
 FORMAT = "flipkd-serving/1"
 BUNDLE = "bundle"

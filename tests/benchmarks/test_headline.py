@@ -3,9 +3,9 @@ import pytest
 
 from benchmarks._cells import CellStore
 from benchmarks.headline import Settings, chosen_teacher, headline_json, paired_bootstrap_f1, plan, render, summarise
-from components.composite_loss import LossConfig
-from components.lora_encoder import EncoderConfig
-from components.trainer import TrainConfig
+from components.losses.composite_loss import LossConfig
+from components.student.lora_encoder import EncoderConfig
+from components.training.trainer import TrainConfig
 
 
 def test_paired_bootstrap_interval():

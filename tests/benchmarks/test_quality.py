@@ -13,7 +13,7 @@ import random
 import numpy as np
 import pytest
 
-from benchmarks import _results, quality
+from benchmarks import _quality_estimate, _results, quality
 from benchmarks.datasets import (
     build_banking77,
     build_mediqa2019_rqe,
@@ -21,7 +21,7 @@ from benchmarks.datasets import (
     lexical_embed,
     texts_of,
 )
-from components.data import CANONICAL_COLUMNS, pair_id
+from components.data.contract import CANONICAL_COLUMNS, pair_id
 
 INTENTS = {
     "card_lost": ("card", "lost", "stolen", "block"),
@@ -245,7 +245,7 @@ def test_default_budget_and_quick_budget_fit(data_root):
     (banking77 ~1.8 texts/pair and ~16.6 tokens, MEDIQA ~1.54 and ~27, STS-B ~2.0 and ~16.5); the student reads
     each text inside the default prompt, which adds its own tokens.
     """
-    prompt = len(quality._wrap(quality.EncoderConfig())) / quality.CHARS_PER_TOKEN
+    prompt = len(_quality_estimate._wrap(quality.EncoderConfig())) / _quality_estimate.CHARS_PER_TOKEN
 
     def plan(counts, datasets, seeds):
         return quality.Plan(datasets=datasets, variants=quality.DEFAULT_VARIANTS, seeds=seeds, counts=counts,

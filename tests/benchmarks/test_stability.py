@@ -30,8 +30,8 @@ def mediqa(tmp_path_factory):
         pytest.skip("needs the packaged student and teacher (requirements-models.txt)")
     if not (DEFAULT_DATA_ROOT / DATASET).is_dir():
         pytest.skip(f"needs the real data in {DEFAULT_DATA_ROOT / DATASET}")
+    from benchmarks._quality_runs import finetune_cached
     from benchmarks._real_size import build_real
-    from benchmarks.quality import finetune_cached
     from benchmarks.stability import COUNTS, make_settings
 
     cache = os.environ.get("FLIPKD_TEST_CACHE", str(Path(tempfile.gettempdir()) / "flipkd-integration-cache"))

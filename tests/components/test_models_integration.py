@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from components import models
-from components.models import load_student, resolve_student, resolve_teacher, verify_folder
-from components.teacher import TeacherScorer
+from components.model_cache import verify_folder
+from components.models import load_student, resolve_student, resolve_teacher
+from components.teacher.scorer import TeacherScorer
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +92,7 @@ def real_pairs(n: int = 8):
         neg = [(r[5], r[6].strip(), 0.0) for r in rows if float(r[4]) <= 1.0][: n - len(pos)]
         pairs = [p for pair in zip(pos, neg, strict=False) for p in pair]
     else:
-        from components.demo_data import demo_pairs
+        from components.data.demo import demo_pairs
 
         frame = demo_pairs().head(n)
         pairs = list(zip(frame.text_a, frame.text_b, frame.label, strict=True))
@@ -99,8 +100,8 @@ def real_pairs(n: int = 8):
 
 
 def test_student_encodes_real_texts_and_five_steps_lower_the_composite_loss(student_dir, teacher_dir, tmp_path):
-    from components.composite_loss import FlipKDLoss
-    from components.lora_encoder import EncoderConfig, LoraEncoder
+    from components.losses.composite_loss import FlipKDLoss
+    from components.student.lora_encoder import EncoderConfig, LoraEncoder
 
     text_a, text_b, labels = real_pairs(8)
     teacher = TeacherScorer(teacher_dir, cache=tmp_path, show_progress=False)
@@ -135,7 +136,7 @@ def test_optional_gemma3_student_converts_and_encodes(integration_cache):
     gemma = models.PACKAGED_STUDENTS["gemma3-270m"]
     if any(models._package_dir(package) is None for package, _ in gemma.chunks):
         pytest.skip(f"the optional Gemma 3 student is not installed ({gemma.pip})")
-    from components.lora_encoder import EncoderConfig, LoraEncoder
+    from components.student.lora_encoder import EncoderConfig, LoraEncoder
 
     folder = resolve_student("gemma3-270m", cache_dir=integration_cache)
     assert verify_folder(folder, "full") is None and not list(folder.glob("*.gguf"))

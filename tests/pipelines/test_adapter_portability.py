@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from components.checksums import write_checksums
-from components.lora_encoder import CHECKSUMMED, ENCODER_FILE, EncoderConfig, LoraEncoder
-from components.models import ModelLoadError, load_student, model_fingerprint
+from components.model_cache import ModelLoadError
+from components.models import load_student, model_fingerprint
+from components.student.lora_encoder import CHECKSUMMED, ENCODER_FILE, EncoderConfig, LoraEncoder
 from pipelines.evaluate import load_trained_encoder
 from tests.tiny_models import tiny_llama, tiny_tokenizer
 

@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipelines import prepare
-from tests.components.test_data import BAD_INPUT_CASES, _materialise
+from tests.components.data.test_contract import BAD_INPUT_CASES, _materialise
 
 
 @pytest.mark.parametrize("case,name,content,pattern,row,field", BAD_INPUT_CASES, ids=[c[0] for c in BAD_INPUT_CASES])

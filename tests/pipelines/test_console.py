@@ -6,7 +6,7 @@ import warnings
 
 from click.testing import CliRunner
 
-from components.demo_data import write_demo
+from components.data.demo import write_demo
 from pipelines import _console, main, prepare
 from tests.pipelines.test_main import chain_args
 

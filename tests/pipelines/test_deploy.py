@@ -22,9 +22,9 @@ from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from components.lora_encoder import PROMPTS, EncoderConfig, LoraEncoder
-from components.onnx_export import export_onnx
-from pipelines import export, promote, train
+from components.export.onnx_export import export_onnx
+from components.student.lora_encoder import PROMPTS, EncoderConfig, LoraEncoder
+from pipelines import _export_gates, export, promote, train
 from pipelines.evaluate import load_trained_encoder
 from serving.onnx_pyfunc import COMPONENT_MODULES, OnnxTextEncoder
 from tests.tiny_models import random_texts, tiny_llama, tiny_tokenizer
@@ -149,7 +149,7 @@ def test_served_tokens_and_vectors_equal_torch(tmp_path, prompt, max_length):
     bundle = export.write_bundle(enc, tmp_path / "onnx", tmp_path / "bundle", engine="fp32", limits=export.Limits())
     served = OnnxTextEncoder(bundle, threads=1)
     texts = [*random_texts(12, seed=3), " ".join(random_texts(8, seed=4))]  # the last one is truncated
-    assert export.token_mismatches(enc, served, texts) == 0
+    assert _export_gates.token_mismatches(enc, served, texts) == 0
     assert max(len(ids) for ids in served.token_ids(texts)) == max_length
     np.testing.assert_allclose(served.encode(texts, 4), enc.encode(texts).numpy(), atol=1e-4, rtol=0)
 
@@ -158,7 +158,8 @@ def test_serving_module_needs_no_torch():
     code = ("import sys; import serving.onnx_pyfunc as m; import serving.model_code; "
             "bad = [k for k in ('torch', 'transformers', 'peft') if k in sys.modules]; "
             "assert not bad, bad; "
-            "used = sorted(k.split('.')[1] for k in sys.modules if k.startswith('components.')); "
+            "used = sorted(k[len('components.'):] for k, v in sys.modules.items() "
+            "if k.startswith('components.') and not hasattr(v, '__path__')); "
             "assert used == sorted(m.COMPONENT_MODULES), used; print('ok', m.FlipKDOnnxModel.__name__)")
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
@@ -221,8 +222,10 @@ def test_train_export_promote_serve(mlflow_env, tiny_model_args, tmp_path):
     # the lean model: the served ONNX file alone, the serving code and only the component modules it imports
     model_dir = Path(download_artifacts(f"runs:/{exported.info.run_id}/model"))
     assert [p.name for p in model_dir.rglob("*.onnx*")] == ["model.onnx"]
-    assert sorted(p.name for p in (model_dir / "code" / "components").glob("*.py")) == sorted(
-        ["__init__.py", *(f"{m}.py" for m in COMPONENT_MODULES)])
+    shipped = model_dir / "code" / "components"
+    modules = sorted(p.relative_to(shipped).as_posix() for p in shipped.rglob("*.py") if p.name != "__init__.py")
+    assert modules == sorted(f"{m.replace('.', '/')}.py" for m in COMPONENT_MODULES)
+    assert all((p.parent / "__init__.py").is_file() for p in shipped.rglob("*.py"))
     assert {"onnx_pyfunc.py", "request_batcher.py", "model_code.py"} <= {
         p.name for p in (model_dir / "code" / "serving").glob("*.py")}
     # dev_f1 is the served engine's; not asserted equal to torch's: the stored threshold is itself a dev score,

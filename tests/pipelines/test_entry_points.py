@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from components.demo_data import demo_pairs
+from components.data.demo import demo_pairs
 from pipelines import evaluate, main, prepare, score, teacher, train
 
 # (module, words of its purpose in --help, argv of one option in underscore spelling, its parameter, parsed value)

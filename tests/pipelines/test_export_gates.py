@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.export import Gates, choose_engine, engine_gate
+from pipelines._export_gates import Gates, choose_engine, engine_gate
 
 BASE = {"tokenizer_mismatches": 0.0, "fp32_max_abs_diff": 2e-6, "torch_dev_ap": 0.70}
 

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import components.models as models
-from components.demo_data import demo_pairs
-from components.teacher import TeacherScorer
+from components.data.demo import demo_pairs
+from components.teacher.scorer import TeacherScorer
 from pipelines import train
 
 STEPS = 3

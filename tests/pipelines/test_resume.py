@@ -20,7 +20,7 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from components.checkpoint import latest_checkpoint, list_checkpoints, step_of
+from components.training.checkpoint import latest_checkpoint, list_checkpoints, step_of
 from pipelines import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ OPTIONS = ["--max-steps", "12", "--checkpoint-every", "3", "--rank", "4", "--lor
 STALL_AFTER = 7
 CHILD = f"""
 import runpy, sys, time
-from components import trainer
+from components.training import trainer
 step = trainer.Trainer.train_step
 def stalled(self, index):
     if self.step >= {STALL_AFTER}:

@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 from safetensors import safe_open
 
-from components.lora_encoder import ADAPTER_WEIGHTS, CHECKSUM_FILE, LoraEncoder
 from components.models import load_student
+from components.student.lora_encoder import ADAPTER_WEIGHTS, CHECKSUM_FILE, LoraEncoder
 from serving.onnx_pyfunc import CHECKSUM_FILE as BUNDLE_CHECKSUMS
 from serving.onnx_pyfunc import CONFIG_FILE, FAQ_EMBEDDINGS_FILE, FAQ_FILE, MODEL_FILE, TOKENIZER_FILE
 from tests.pipelines.test_serving_abuse import trained_and_exported
