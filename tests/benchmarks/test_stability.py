@@ -69,6 +69,7 @@ def test_rejudge_replays_a_stored_run_through_todays_guard(mlflow_env, tmp_path,
     from benchmarks import stability
     from benchmarks._cells import CellStore
 
+    mlflow.set_experiment("rejudge")  # not whatever experiment an earlier test left active
     with mlflow.start_run() as run:
         for step in range(1, 121):
             mcl = 4.0 if jump and 80 <= step < 95 else 0.5 + 0.01 * (step % 3)
