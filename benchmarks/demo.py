@@ -19,20 +19,12 @@ import time
 from pathlib import Path
 
 from benchmarks import _results
+from benchmarks._machine import cpu_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "demo.json"
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 ROWS = (("student (flipkd)", "student"), ("teacher, fine-tuned", "teacher_finetuned"),
         ("teacher, base", "teacher_base"), ("all-positive baseline", "all_positive"))
-
-
-def cpu_flags() -> list[str]:
-    try:
-        words = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return []
-    return [flag for flag in FLAGS if flag in words]
 
 
 def render_markdown(data: dict) -> str:

@@ -38,6 +38,7 @@ import click
 import numpy as np
 import torch
 
+from benchmarks._machine import cpu_flags
 from benchmarks._results import write_section
 from components.data.demo import demo_pairs
 from components.models import STUDENT_DEFAULT, load_student, resolve_student
@@ -72,20 +73,6 @@ def _throughput(encode, texts: list[str], batch_size: int, repeats: int) -> floa
         encode(texts, batch_size)
         best = max(best, len(texts) / (time.perf_counter() - start))
     return best
-
-
-def cpu_flags() -> list[str]:
-    """The instruction sets int8 and bf16 speed depends on, as /proc/cpuinfo names them (empty off Linux)."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    return [f for f in wanted if f in flags]
 
 
 def _free_port() -> int:

@@ -333,7 +333,8 @@ def cli(n_requests, concurrency, model_uri, workers, threads, batching, only_new
     against the new ones in one run."""
     import mlflow
 
-    from benchmarks.inference import cpu_flags, serve
+    from benchmarks._machine import cpu_flags
+    from benchmarks.inference import serve
     from pipelines import _mlflow
 
     if quick:

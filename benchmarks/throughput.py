@@ -33,6 +33,7 @@ import click
 import numpy as np
 import torch
 
+from benchmarks._machine import cpu_flags
 from benchmarks._results import write_section
 from benchmarks.datasets import DEFAULT_DATA_ROOT, build
 from components.data.contract import read_pairs
@@ -317,16 +318,6 @@ def measure_loop(steps: int, seed: int, precision: str) -> dict:
         results.update({"bf16_train_pairs_per_s": bf16["pairs_per_s"], "bf16_dev_f1": bf16["dev_f1"],
                         "bf16_mfu": flops_per_token * bf16["tokens_per_s"] / (peak["bf16"] * 1e9)})
     return results
-
-
-def cpu_flags() -> list[str]:
-    """The instruction sets that decide bf16 and int8 speed here (a figure holds for CPUs with the same)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return []
-    return sorted({f for f in text.split() if f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
-                                                    "amx_int8", "amx_tile")})
 
 
 def render_loop(r: dict) -> list[str]:
