@@ -138,10 +138,8 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
                                                            axis=0).tolist()
                                                 for k in CURVES if any(k in c["curves"] for c in mine)}
             row["guard_warnings"] = int(sum(c["guard_warnings"] for c in cells))
+            row["guard_warnings_today"] = warnings_today(cells)
             row["guard_shown"] = guard_count(cells)
-            today = DivergenceGuard().settings()
-            if all(c.get("guard_now", {}).get("settings") == today for c in cells):
-                row["guard_warnings_today"] = int(sum(c["guard_now"]["warnings"] for c in cells))
             row["settings_brief"] = next((c["settings_brief"] for c in cells if c["variant"] == "flip"),
                                         cells[0]["settings_brief"])
             row["steps"] = cells[0]["steps"]
@@ -206,12 +204,18 @@ def rejudge(store: CellStore) -> int:
     return done
 
 
-def guard_count(cells: list[dict[str, Any]]) -> str:
-    """Warnings counted when the runs ran, and by today's guard when a replay (``--rejudge``) counted otherwise."""
-    then = sum(c["guard_warnings"] for c in cells)
+def warnings_today(cells: list[dict[str, Any]]) -> int | None:
+    """Warnings of today's guard over ``cells`` when a replay (``--rejudge``) judged every one of them, else None."""
     today = DivergenceGuard().settings()
-    now = [c["guard_now"]["warnings"] for c in cells if c.get("guard_now", {}).get("settings") == today]
-    return f"{then} → {sum(now)}" if len(now) == len(cells) and sum(now) != then else str(then)
+    if all(c.get("guard_now", {}).get("settings") == today for c in cells):
+        return int(sum(c["guard_now"]["warnings"] for c in cells))
+    return None
+
+
+def guard_count(cells: list[dict[str, Any]]) -> str:
+    """Warnings counted when the runs ran, and by today's guard when a replay counted otherwise."""
+    then, now = sum(c["guard_warnings"] for c in cells), warnings_today(cells)
+    return f"{then} → {now}" if now is not None and now != then else str(then)
 
 
 def write_outputs(store: CellStore, command: str) -> dict[str, Any]:
