@@ -353,25 +353,14 @@ def _tiny_figure():
 
 
 @pytest.fixture
-def mlflow_env(tmp_path, monkeypatch):
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.setenv("FLIPKD_CACHE_DIR", str(tmp_path / "cache"))
+def mlflow_env(mlflow_env, tmp_path, monkeypatch):
+    """The shared private tracking store, and RESULTS.md and the docs' quotes written under tmp_path."""
     monkeypatch.setattr(_results, "RESULTS_MD", tmp_path / "RESULTS.md")
     quoting = tmp_path / "docs" / "benchmarks.md"  # write_section also rewrites the docs' quotes: never the real ones
     quoting.parent.mkdir()
     quoting.write_text("<!-- quote:quality -->\nold\n<!-- /quote:quality -->\n", encoding="utf-8")
     monkeypatch.setattr(_results, "ROOT", tmp_path)
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)
-    yield MlflowClient(uri)
-    while mlflow.active_run():
-        mlflow.end_run()
+    return mlflow_env
 
 
 def test_end_to_end_on_tiny_models(mlflow_env, data_root, tmp_path, tiny_bert_dir, tiny_llama_dir, monkeypatch):
