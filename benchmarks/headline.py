@@ -196,6 +196,19 @@ def plan(datasets: list[str], settings: Settings, seeds: tuple[int, ...], chosen
     return order
 
 
+def twin(store: CellStore, key: str) -> dict | None:
+    """A stored cell of another student variant with the same dataset, seed and settings hash: the same run.
+
+    ``--set epochs=3`` makes flip_full what an earlier ``--best epochs=3`` ran as flip_best; no need to train it twice.
+    """
+    dataset, variant, seed, settings_hash = key.split("/")
+    for other in STUDENTS:
+        cell = store.get(f"{dataset}/{other}/{seed}/{settings_hash}")
+        if other != variant and cell is not None:
+            return cell
+    return None
+
+
 def chosen_teacher(store: CellStore, dataset: str, teacher: str) -> tuple[int | None, dict | None]:
     """The fine-tuning epochs with the best dev AP among the stored ones (all of TEACHER_EPOCHS must be there)."""
     found = {e: store.get(cell_key(dataset, f"teacher_ft_e{e}", 0, teacher_hash(teacher, e))) for e in TEACHER_EPOCHS}
@@ -388,6 +401,11 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_c
                 continue
             for _, variant, seed, key in plan([dataset], settings, seeds, {dataset: epochs}):
                 if variant.startswith("teacher") or key in store:
+                    continue
+                same = twin(store, key)
+                if same is not None:
+                    store.put(key, same)
+                    click.echo(f"[headline] {dataset} {variant} seed {seed}: same settings as a stored cell, reused")
                     continue
                 done = [c["seconds"] for k, c in store.cells.items() if k.startswith(f"{dataset}/") and "run_id" in c]
                 if not clock.allows(float(np.mean(done)) if done else ASSUMED_SECONDS["student"]):

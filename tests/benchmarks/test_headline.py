@@ -75,3 +75,22 @@ def test_settings_tried_lists_every_student_setting_by_dev_ap(tmp_path):
     assert set(tried) == {"flip: flip_full", "sup_only: sup_only"}
     assert len(tried["flip: flip_full"]["d"]) == 1 and len(tried["sup_only: sup_only"]["d"]) == 2
     assert "| flip: flip_full | " in render_tried(tried)
+
+
+def test_a_cell_with_the_same_settings_under_another_variant_is_reused(tmp_path):
+    from benchmarks._quality_plan import apply_overrides
+    from benchmarks.headline import twin
+
+    store, _, _ = fake_store(tmp_path, with_students=True)
+    epochs, _ = chosen_teacher(store, "d", "x")  # any teacher: only the student keys matter here
+    ran = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ("epochs=3",))
+    later = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ())
+    apply_overrides({"train": later.train}, ["epochs=3"])  # what --set epochs=3 does
+    best = next(k for _, v, s, k in plan(["d"], ran, (0,), {"d": epochs}) if v == "flip_best")
+    store.put(best, {"scores": {}, "brief": "b"})
+    full = next(k for _, v, s, k in plan(["d"], later, (0,), {"d": epochs}) if v == "flip_full")
+    sup = next(k for _, v, s, k in plan(["d"], later, (0,), {"d": epochs}) if v == "sup_only")
+    assert full != best and twin(store, full) == {"scores": {}, "brief": "b"}
+    assert twin(store, sup) is None  # other loss parts: another run
+    other_seed = next(k for _, v, s, k in plan(["d"], later, (1,), {"d": epochs}) if v == "flip_full")
+    assert twin(store, other_seed) is None
