@@ -308,10 +308,13 @@ def settings_tried(store: CellStore, labels: dict[str, dict[str, np.ndarray]]) -
     """Dev AP of every student setting stored (each distinct brief: flip_full, sup_only and every --best tried),
     per dataset and seed: the evidence a flip setting is chosen on."""
     out: dict[str, dict[str, list[float]]] = {}
+    seen = set()
     for key, cell in store.cells.items():
         dataset, variant = key.split("/")[:2]
-        if "brief" not in cell or dataset not in labels:
+        run = (dataset, key.split("/")[2], cell.get("brief"), cell.get("run_id", key))
+        if "brief" not in cell or dataset not in labels or run in seen:
             continue
+        seen.add(run)  # a reused cell (twin) is one run, counted once
         name = "sup_only" if variant == "sup_only" else "flip"
         dev = average_precision(np.array(cell["scores"]["dev"]), labels[dataset]["dev"])
         out.setdefault(f"{name}: {cell['brief']}", {}).setdefault(dataset, []).append(dev)

@@ -62,8 +62,9 @@ def student_options(func):
     for opt in reversed([
         option("--rank", type=click.IntRange(min=1), default=32, help="LoRA rank r: the size of z = A x."),
         option("--lora-alpha", type=POSITIVE, default=64.0, help="LoRA alpha (update scale alpha / r)."),
-        option("--readout-rank", type=click.IntRange(min=0), default=EncoderConfig.readout_rank,
-               help="Rank of the readout module alone, so z is this wide (0: --rank); its alpha scales with it."),
+        option("--readout-rank", type=click.IntRange(min=0), default=128,
+               help="Rank of the readout module alone, so z is this wide (0: --rank); its alpha scales with it. 128: "
+                    "best dev AP at 2,000 real pairs (README, Defaults)."),
         option("--readout", type=click.Choice(list(READOUTS)), default=EncoderConfig.readout,
                help="z = A x at the readout module (lora_a, METHOD.md) or its input, the block's normed hidden "
                     "state (hidden: as wide as the model)."),

@@ -32,7 +32,8 @@ def evaluate_teacher(path: str, name: str, splits, cache_dir, progress: bool) ->
 @option("--teacher", default=TEACHER_DEFAULT, help="Base teacher: packaged name, folder or cached hub id.")
 @option("--output-dir", type=click.Path(file_okay=False), default="outputs/teacher",
         help="Folder for the fine-tuned teacher (replaced atomically).")
-@option("--epochs", type=click.IntRange(min=1), default=1, help="Passes over the training pairs.")
+@option("--epochs", type=click.IntRange(min=1), default=4,
+        help="Passes over the training pairs (4: best dev AP of 1, 2 and 4 at 2,000 real pairs; README, Defaults).")
 @option("--learning-rate", type=POSITIVE, default=2e-5, help="AdamW learning rate.")
 @option("--batch-size", type=click.IntRange(min=2), default=32, help="Pairs per step (CoSENT compares pairs).")
 @option("--max-length", type=click.IntRange(min=2), default=128, help="Tokens per text.")

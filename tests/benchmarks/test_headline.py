@@ -87,10 +87,20 @@ def test_a_cell_with_the_same_settings_under_another_variant_is_reused(tmp_path)
     later = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ())
     apply_overrides({"train": later.train}, ["epochs=3"])  # what --set epochs=3 does
     best = next(k for _, v, s, k in plan(["d"], ran, (0,), {"d": epochs}) if v == "flip_best")
-    store.put(best, {"scores": {}, "brief": "b"})
+    store.put(best, {"scores": {"dev": [0.1, 0.9, 0.5]}, "brief": "b", "run_id": "r1"})
     full = next(k for _, v, s, k in plan(["d"], later, (0,), {"d": epochs}) if v == "flip_full")
     sup = next(k for _, v, s, k in plan(["d"], later, (0,), {"d": epochs}) if v == "sup_only")
-    assert full != best and twin(store, full) == {"scores": {}, "brief": "b"}
+    assert full != best and twin(store, full) == store.get(best)
     assert twin(store, sup) is None  # other loss parts: another run
     other_seed = next(k for _, v, s, k in plan(["d"], later, (1,), {"d": epochs}) if v == "flip_full")
     assert twin(store, other_seed) is None
+    store.put(full, twin(store, full))
+    assert tried_count(store, "b") == 1  # the reused cell is one run in "settings tried"
+
+
+def tried_count(store: CellStore, brief: str) -> int:
+    from benchmarks.headline import settings_tried
+
+    labels = {"d": {"dev": np.zeros(3, bool), "test": np.zeros(3, bool)}}
+    tried = settings_tried(store, labels)
+    return sum(len(v) for k, per in tried.items() if k.endswith(f": {brief}") for v in per.values())
