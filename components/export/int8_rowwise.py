@@ -79,14 +79,21 @@ def _int8_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
 
 
-def _rowwise_product(x: np.ndarray, w_int8: np.ndarray, w_scale: np.ndarray) -> np.ndarray:
+def _rowwise_product(x: np.ndarray, w_int8: np.ndarray, w_scale: np.ndarray, asymmetric: bool = False) -> np.ndarray:
     """What the rewritten graph computes for one MatMul, in numpy (x already smoothed)."""
+    if asymmetric:
+        low = x.min(axis=1, keepdims=True)
+        scale = np.maximum((x.max(axis=1, keepdims=True) - low) / 255, 1e-12)
+        zero = np.round(-low / scale)
+        x_q = np.clip(np.round(x / scale) + zero, 0, 255)
+        return (x_q @ w_int8.astype(np.float32) - zero * w_int8.sum(axis=0, dtype=np.float32)) * scale * w_scale
     scale = np.maximum(np.abs(x).max(axis=1, keepdims=True) / 127, 1e-12)
     return (np.clip(np.round(x / scale), -127, 127) @ w_int8.astype(np.float32)) * scale * w_scale
 
 
 def matmul_errors(model: onnx.ModelProto, calibration: Sequence[dict[str, np.ndarray]],
-                  matmuls: Sequence[onnx.NodeProto], factors: dict[str, np.ndarray]) -> dict[str, float]:
+                  matmuls: Sequence[onnx.NodeProto], factors: dict[str, np.ndarray],
+                  asymmetric: bool = False) -> dict[str, float]:
     """Per MatMul, ||rowwise int8 output - fp32 output||^2 / ||fp32 output||^2 over the calibration batches."""
     weights = {i.name: i for i in model.graph.initializer}
     prepared = {}
@@ -102,7 +109,7 @@ def matmul_errors(model: onnx.ModelProto, calibration: Sequence[dict[str, np.nda
             w, w_int8, w_scale = prepared[node.name]
             exact = x @ w
             factor = factors.get(node.input[0])
-            approx = _rowwise_product(x if factor is None else x / factor, w_int8, w_scale)
+            approx = _rowwise_product(x if factor is None else x / factor, w_int8, w_scale, asymmetric)
             error[node.name] += float(((approx - exact) ** 2).sum())
             norm[node.name] += float((exact ** 2).sum())
     return {name: error[name] / max(norm[name], 1e-30) for name in error}
@@ -114,13 +121,17 @@ def _constant(name: str, value) -> onnx.TensorProto:
 
 def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
                           calibration: Sequence[dict[str, np.ndarray]] | None = None, alpha: float = 0.5,
-                          keep_fp32: Iterable[str] = (), keep_worst: int = KEEP_WORST) -> dict:
+                          keep_fp32: Iterable[str] = (), keep_worst: int = KEEP_WORST,
+                          asymmetric: bool = False) -> dict:
     """Rewrite every constant-weight MatMul of ``fp32_path`` as per-row int8 (see the module docstring).
 
     ``calibration``: model inputs (``input_ids``, ``attention_mask`` batches) to smooth with and to measure each
     MatMul's int8 error on; None or empty: no smoothing, nothing measured. ``alpha``: how much of an outlier
     moves into the weights (0: none, 1: all). ``keep_fp32``: MatMul names left in fp32; with calibration, also the
-    ``keep_worst`` MatMuls whose int8 output is furthest from fp32 (:func:`matmul_errors`).
+    ``keep_worst`` MatMuls whose int8 output is furthest from fp32 (:func:`matmul_errors`). ``asymmetric``: each
+    row spans its own [min, max] in 256 levels (a zero point per row) instead of [-max|x|, max|x|] in 255;
+    ONNX Runtime's ``MatMulInteger`` takes one zero point per tensor, so the row's is subtracted from the int32
+    product as ``zero_row * colsum(W_q)``.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -145,13 +156,14 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
             factor = np.maximum(peaks[name], 1e-5) ** alpha / np.maximum(weight_peak[name], 1e-5) ** (1 - alpha)
             factors[name] = np.clip(factor, 1e-2, 1e3).astype(np.float32)
         if keep_worst > 0:
-            errors = matmul_errors(model, calibration, matmuls, factors)
+            errors = matmul_errors(model, calibration, matmuls, factors, asymmetric)
             worst = sorted(errors, key=errors.__getitem__, reverse=True)[:keep_worst]
             keep += worst
             matmuls = [n for n in matmuls if n.name not in set(worst)]
 
     shared = [_constant(f"{PREFIX}/zero_point", np.uint8(128)), _constant(f"{PREFIX}/inv127", np.float32(1 / 127)),
-              _constant(f"{PREFIX}/eps", np.float32(1e-12)), _constant(f"{PREFIX}/offset", np.float32(128)),
+              _constant(f"{PREFIX}/eps", np.float32(1e-12)),
+              _constant(f"{PREFIX}/inv255", np.float32(1 / 255)), _constant(f"{PREFIX}/offset", np.float32(128)),
               _constant(f"{PREFIX}/low", np.float32(0)), _constant(f"{PREFIX}/high", np.float32(255)),
               _constant(f"{PREFIX}/last_axis", np.array([-1], dtype=np.int64))]
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
@@ -160,6 +172,11 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
         if opset >= 18:
             return helper.make_node("ReduceMax", [source, f"{PREFIX}/last_axis"], [target], keepdims=1)
         return helper.make_node("ReduceMax", [source], [target], axes=[-1], keepdims=1)
+
+    def reduce_min(source: str, target: str) -> onnx.NodeProto:
+        if opset >= 18:
+            return helper.make_node("ReduceMin", [source, f"{PREFIX}/last_axis"], [target], keepdims=1)
+        return helper.make_node("ReduceMin", [source], [target], axes=[-1], keepdims=1)
 
     new_initializers, quantized_inputs, replaced = list(shared), {}, {}
     rewritten = {n.name for n in matmuls}
@@ -179,23 +196,42 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
                 new_initializers.append(_constant(f"{p}/inverse_factor", (1 / factors[x]).astype(np.float32)))
                 nodes.append(helper.make_node("Mul", [x, f"{p}/inverse_factor"], [f"{p}/smoothed"]))
                 source = f"{p}/smoothed"
-            nodes += [helper.make_node("Abs", [source], [f"{p}/abs"]),
-                      reduce_max(f"{p}/abs", f"{p}/peak"),
-                      helper.make_node("Mul", [f"{p}/peak", f"{PREFIX}/inv127"], [f"{p}/raw_scale"]),
-                      helper.make_node("Max", [f"{p}/raw_scale", f"{PREFIX}/eps"], [f"{p}/scale"]),
-                      helper.make_node("Div", [source, f"{p}/scale"], [f"{p}/scaled"]),
-                      helper.make_node("Round", [f"{p}/scaled"], [f"{p}/rounded"]),
-                      helper.make_node("Add", [f"{p}/rounded", f"{PREFIX}/offset"], [f"{p}/shifted"]),
-                      helper.make_node("Clip", [f"{p}/shifted", f"{PREFIX}/low", f"{PREFIX}/high"], [f"{p}/clipped"]),
+            if asymmetric:
+                nodes += [reduce_max(source, f"{p}/high"), reduce_min(source, f"{p}/low"),
+                          helper.make_node("Sub", [f"{p}/high", f"{p}/low"], [f"{p}/span"]),
+                          helper.make_node("Mul", [f"{p}/span", f"{PREFIX}/inv255"], [f"{p}/raw_scale"]),
+                          helper.make_node("Max", [f"{p}/raw_scale", f"{PREFIX}/eps"], [f"{p}/scale"]),
+                          helper.make_node("Div", [f"{p}/low", f"{p}/scale"], [f"{p}/low_scaled"]),
+                          helper.make_node("Round", [f"{p}/low_scaled"], [f"{p}/low_rounded"]),
+                          helper.make_node("Neg", [f"{p}/low_rounded"], [f"{p}/zero"]),
+                          helper.make_node("Div", [source, f"{p}/scale"], [f"{p}/scaled"]),
+                          helper.make_node("Round", [f"{p}/scaled"], [f"{p}/rounded"]),
+                          helper.make_node("Add", [f"{p}/rounded", f"{p}/zero"], [f"{p}/shifted"])]
+            else:
+                nodes += [helper.make_node("Abs", [source], [f"{p}/abs"]),
+                          reduce_max(f"{p}/abs", f"{p}/peak"),
+                          helper.make_node("Mul", [f"{p}/peak", f"{PREFIX}/inv127"], [f"{p}/raw_scale"]),
+                          helper.make_node("Max", [f"{p}/raw_scale", f"{PREFIX}/eps"], [f"{p}/scale"]),
+                          helper.make_node("Div", [source, f"{p}/scale"], [f"{p}/scaled"]),
+                          helper.make_node("Round", [f"{p}/scaled"], [f"{p}/rounded"]),
+                          helper.make_node("Add", [f"{p}/rounded", f"{PREFIX}/offset"], [f"{p}/shifted"])]
+            nodes += [helper.make_node("Clip", [f"{p}/shifted", f"{PREFIX}/low", f"{PREFIX}/high"], [f"{p}/clipped"]),
                       helper.make_node("Cast", [f"{p}/clipped"], [f"{p}/uint8"], to=TensorProto.UINT8)]
-            quantized_inputs[x] = (f"{p}/uint8", f"{p}/scale")
-        x_q, x_scale = quantized_inputs[x]
+            quantized_inputs[x] = (f"{p}/uint8", f"{p}/scale", f"{p}/zero" if asymmetric else None)
+        x_q, x_scale, x_zero = quantized_inputs[x]
         w_int8, column_scale = _int8_columns(w)
         q = f"{PREFIX}/w{len(replaced)}"
         new_initializers += [_constant(f"{q}/int8", w_int8), _constant(f"{q}/scale", column_scale)]
         nodes += [helper.make_node("MatMulInteger", [x_q, f"{q}/int8", f"{PREFIX}/zero_point"], [f"{q}/int32"]),
-                  helper.make_node("Cast", [f"{q}/int32"], [f"{q}/float"], to=TensorProto.FLOAT),
-                  helper.make_node("Mul", [f"{q}/float", x_scale], [f"{q}/row_scaled"]),
+                  helper.make_node("Cast", [f"{q}/int32"], [f"{q}/float"], to=TensorProto.FLOAT)]
+        if x_zero is not None:  # the graph subtracted 128 from every value; the row's own zero point instead
+            row_zero = f"{q}/row_zero"
+            new_initializers.append(_constant(f"{q}/colsum", w_int8.sum(axis=0, dtype=np.float32)))
+            nodes += [helper.make_node("Sub", [x_zero, f"{PREFIX}/offset"], [row_zero]),
+                      helper.make_node("Mul", [row_zero, f"{q}/colsum"], [f"{q}/correction"]),
+                      helper.make_node("Sub", [f"{q}/float", f"{q}/correction"], [f"{q}/centred"])]
+        nodes += [helper.make_node("Mul", [f"{q}/centred" if x_zero is not None else f"{q}/float", x_scale],
+                                   [f"{q}/row_scaled"]),
                   helper.make_node("Mul", [f"{q}/row_scaled", f"{q}/scale"], [node.output[0]], name=node.name)]
         replaced[node.name] = node.input[1]
     still_used = {i for n in nodes for i in n.input}
@@ -206,7 +242,7 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
     graph.node.extend(nodes)
     onnx.save(model, str(int8_path))
     return {"path": str(int8_path), "weight_type": "int8", "method": "rowwise", "per_channel": True,
-            "smoothing_alpha": alpha if calibration else None,
+            "smoothing_alpha": alpha if calibration else None, "asymmetric": asymmetric,
             "calibration_batches": len(calibration or []), "excluded_nodes": keep, "excluded_count": len(keep),
             "largest_errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:10]),
             "quantized_matmuls": len(replaced), "quantize_seconds": round(time.perf_counter() - start, 3),

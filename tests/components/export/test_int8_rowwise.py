@@ -22,13 +22,15 @@ def _calibration(enc, texts):
     return [{k: v.numpy() for k, v in enc.tokenize(texts[i:i + 8]).items()} for i in range(0, len(texts), 8)]
 
 
-# (id, smoothed, keep the down_proj MatMuls in fp32, keep the MatMuls of largest calibration error in fp32)
-CASES = [("plain", False, False, 0), ("smoothed", True, False, 0), ("smoothed_down_proj_fp32", True, True, 0),
-         ("smoothed_worst_3_fp32", True, False, 3)]
+# (id, smoothed, keep the down_proj MatMuls in fp32, keep the MatMuls of largest calibration error in fp32,
+#  a zero point per row)
+CASES = [("plain", False, False, 0, False), ("smoothed", True, False, 0, False),
+         ("smoothed_down_proj_fp32", True, True, 0, False), ("smoothed_worst_3_fp32", True, False, 3, False),
+         ("plain_asymmetric", False, False, 0, True), ("smoothed_asymmetric_worst_3_fp32", True, False, 3, True)]
 
 
-@pytest.mark.parametrize("smoothed,keep_down,worst", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, keep_down, worst):
+@pytest.mark.parametrize("smoothed,keep_down,worst,asymmetric", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, keep_down, worst, asymmetric):
     enc = make_encoder(tiny_lm, layer=-1, **PROMPTS["none"])
     export_onnx(enc.merged_encoder(), tmp_path / "fp32.onnx")
     graph = onnx.load(str(tmp_path / "fp32.onnx"))
@@ -38,13 +40,13 @@ def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, k
     texts = random_texts(24, seed=7)
     calibration = _calibration(enc, random_texts(16, seed=8)) if smoothed else None
     info = quantize_int8_rowwise(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration=calibration,
-                                 keep_fp32=keep, keep_worst=worst)
+                                 keep_fp32=keep, keep_worst=worst, asymmetric=asymmetric)
     assert info["quantized_matmuls"] == len(matmuls) - len(keep) - worst > 0
     assert info["excluded_count"] == len(keep) + worst and set(keep) <= set(info["excluded_nodes"])
     if worst:  # the ones kept are those of largest error, the errors measured on every candidate
         errors = info["largest_errors"]
         assert info["excluded_nodes"][-worst:] == sorted(errors, key=errors.get, reverse=True)[:worst]
-    assert (info["smoothing_alpha"] == 0.5) is smoothed
+    assert (info["smoothing_alpha"] == 0.5) is smoothed and info["asymmetric"] is asymmetric
     quantized = onnx.load(str(tmp_path / "int8.onnx"))
     ops = [n.op_type for n in quantized.graph.node]
     assert ops.count("MatMulInteger") == info["quantized_matmuls"]
@@ -83,6 +85,32 @@ def test_an_outlier_row_does_not_flatten_the_other_rows(tmp_path):
                       .reshape(-1, 48))
     print(f"outlier row: rowwise min cosine {rowwise['min_cosine']:.4f}, dynamic {dynamic['min_cosine']:.4f}")
     assert rowwise["min_cosine"] > 0.999 > 0.9 > dynamic["min_cosine"]
+
+
+def test_a_zero_point_per_row_computes_the_numpy_reference_and_fits_one_sided_rows(tmp_path):
+    """Rows on one side of 0 (after SiLU, after a norm with a large mean) use half of the symmetric int8 range;
+    a zero point per row gives them all 256 levels. The graph computes what ``_rowwise_product`` (the
+    calibration error measure) does, per-tensor zero point of ``MatMulInteger`` notwithstanding."""
+    from components.export.int8_rowwise import _int8_columns, _rowwise_product
+
+    rng = np.random.default_rng(2)
+    weight = rng.integers(-127, 128, size=(64, 48)).astype(np.float32)
+    weight[0] = 127.0  # int8 holds these weights exactly: the activations' rounding is all that differs
+    _one_matmul_model(tmp_path / "fp32.onnx", weight)
+    x = (rng.random(size=(4, 6, 64)) * 3.0 + 5.0).astype(np.float32)  # every value in [5, 8]
+    x[1] -= 6.5  # some rows straddle 0
+    reference = (x @ weight).reshape(-1, 48)
+    errors = {}
+    for asymmetric in (False, True):
+        path = tmp_path / f"{asymmetric}.onnx"
+        quantize_int8_rowwise(tmp_path / "fp32.onnx", path, asymmetric=asymmetric)
+        y = ort_session(path, threads=1).run(["y"], {"x": x})[0].reshape(-1, 48)
+        ours = _rowwise_product(x.reshape(-1, 64), *_int8_columns(weight), asymmetric)
+        # float32 division may land a value on the other side of a rounding edge: one level of one value, no more
+        np.testing.assert_allclose(y, ours, atol=2e-3 * np.abs(ours).max())
+        errors[asymmetric] = float(((y - reference) ** 2).sum() / (reference ** 2).sum())
+    print(f"relative squared error: symmetric rows {errors[False]:.2e}, a zero point per row {errors[True]:.2e}")
+    assert errors[True] < errors[False] / 2
 
 
 def test_bad_alpha(tmp_path):
