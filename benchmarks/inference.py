@@ -183,6 +183,10 @@ def cli(model, student, threads, n_texts, n_requests, dev_pairs, quick, output, 
         parity, failures = report["metrics"], report["failures"]
         onnx = {engine: OnnxTextEncoder(folder, threads=threads) for engine, folder in bundles.items()}
 
+        # torch eager as a server meets texts: each one new. The encoder's frozen-prefix cache (LoRA in the top
+        # blocks) would serve the repeated timing passes from memory and run only the top blocks.
+        encoder.prefix = None
+
         def torch_encode(batch, size):
             return encoder.encode(batch, batch_size=size)
 
