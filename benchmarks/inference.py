@@ -249,6 +249,8 @@ def cli(model, student, threads, n_texts, n_requests, dev_pairs, quick, output, 
 
 
 ENGINE_LABELS = {"fp32": "ONNX fp32", "int8_rowwise": "int8 `rowwise` (per-row scales, smoothed)",
+                 "int8_rowwise_asym": "int8 `rowwise_asym` (per-row scales and zero points, smoothed)",
+                 "int8_rowwise_top8": "int8 `rowwise_top8` (per-row, the top 8 blocks and the head fp32)",
                  "int8_blockwise": "int8 `blockwise` (MatMulNBits, blocks of 32)",
                  "int8_dynamic": "int8 `dynamic` (per tensor, down_proj fp32)"}
 
@@ -258,7 +260,8 @@ def markdown(record: dict) -> str:
     r = record
     torch32 = r["torch_fp32_b32_tps"]
     rows = [f"| torch fp32 eager | {torch32} | {r['torch_fp32_b1_tps']} | 1.00x | - | - | - |"]
-    for engine, label in ENGINE_LABELS.items():
+    for engine in ENGINES:  # every engine export builds, in its order
+        label = ENGINE_LABELS.get(engine, f"`{engine}`")
         if f"onnx_{engine}_b32_tps" not in r:
             continue
         if engine == "fp32":
