@@ -3,10 +3,9 @@
 Steps: rebuild the trained student (run id, ``runs:/``, ``models:/`` or folder); merge LoRA and truncate at the
 representation layer; export it to ONNX (:func:`components.export.onnx_export.export_onnx`); make the int8 copies of
 :data:`ENGINES` (``rowwise``: per-row activation scales, smoothed from the dev texts as calibration data;
-``rowwise_asym``: the same with a zero point per row; ``rowwise_top8``: the top 8 blocks and the head fp32;
-``blockwise``: ``MatMulNBits``; ``dynamic``: one scale per tensor, ``down_proj`` fp32); check each against torch
-``encode`` on the dev pairs through the *serving* path (the tokenizers library, as the deployed model tokenizes;
-:mod:`pipelines._export_gates`):
+``rowwise_asym``: the same with a zero point per row; ``blockwise``: ``MatMulNBits``; ``dynamic``: one scale per
+tensor, ``down_proj`` fp32); check each against torch ``encode`` on the dev pairs through the *serving* path (the
+tokenizers library, as the deployed model tokenizes; :mod:`pipelines._export_gates`):
 
 - every engine: the fp32 file's max absolute difference of z <= 1e-4 (``--fp32-tolerance``) and serving token
   ids equal to the training tokenizer's;
@@ -65,7 +64,6 @@ ENGINES: dict[str, dict] = {
     "fp32": {},
     "int8_rowwise": {"method": "rowwise"},
     "int8_rowwise_asym": {"method": "rowwise", "asymmetric": True},
-    "int8_rowwise_top8": {"method": "rowwise", "keep_last_blocks": 8},
     "int8_blockwise": {"method": "blockwise", "block_size": 32},
     "int8_dynamic": {"method": "dynamic", "exclude_down_proj": True},
 }

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -45,23 +44,6 @@ def _weight_matmuls(model: onnx.ModelProto, keep_fp32: Iterable[str] = ()) -> li
     shapes = {i.name: len(i.dims) for i in model.graph.initializer}
     return [n for n in model.graph.node
             if n.op_type == "MatMul" and shapes.get(n.input[1]) == 2 and n.name not in keep]
-
-
-_BLOCK = re.compile(r"/layers\.(\d+)/")
-
-
-def last_blocks(model: onnx.ModelProto, count: int) -> list[str]:
-    """The weight MatMuls of the last ``count`` decoder blocks (``/layers.N/`` in the exported names) and every
-    weight MatMul after them (the readout head): int8 noise there reaches z with nothing after it to dilute it."""
-    matmuls = _weight_matmuls(model)
-    blocks = [int(m.group(1)) if (m := _BLOCK.search(n.name)) else None for n in matmuls]
-    numbered = [b for b in blocks if b is not None]
-    if count <= 0 or not numbered:
-        return []
-    first = max(numbered) - count + 1
-    start = next(i for i, b in enumerate(blocks) if b is not None and b >= first)
-    return [n.name for i, (n, b) in enumerate(zip(matmuls, blocks, strict=True))
-            if i >= start and (b is None or b >= first)]
 
 
 def _activations(model: onnx.ModelProto, calibration: Sequence[dict[str, np.ndarray]],
@@ -140,7 +122,7 @@ def _constant(name: str, value) -> onnx.TensorProto:
 def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
                           calibration: Sequence[dict[str, np.ndarray]] | None = None, alpha: float = 0.5,
                           keep_fp32: Iterable[str] = (), keep_worst: int = KEEP_WORST,
-                          asymmetric: bool = False, keep_last_blocks: int = 0) -> dict:
+                          asymmetric: bool = False) -> dict:
     """Rewrite every constant-weight MatMul of ``fp32_path`` as per-row int8 (see the module docstring).
 
     ``calibration``: model inputs (``input_ids``, ``attention_mask`` batches) to smooth with and to measure each
@@ -149,8 +131,7 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
     ``keep_worst`` MatMuls whose int8 output is furthest from fp32 (:func:`matmul_errors`). ``asymmetric``: each
     row spans its own [min, max] in 256 levels (a zero point per row) instead of [-max|x|, max|x|] in 255;
     ONNX Runtime's ``MatMulInteger`` takes one zero point per tensor, so the row's is subtracted from the int32
-    product as ``zero_row * colsum(W_q)``. ``keep_last_blocks``: the MatMuls of that many top blocks and the head
-    stay fp32 (:func:`last_blocks`).
+    product as ``zero_row * colsum(W_q)``.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -159,7 +140,7 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
     start = time.perf_counter()
     model = onnx.load(str(fp32_path))
     graph = model.graph
-    keep = list(dict.fromkeys([*keep_fp32, *last_blocks(model, keep_last_blocks)]))
+    keep = list(keep_fp32)
     matmuls = _weight_matmuls(model, keep)
     weights = {i.name: i for i in graph.initializer}
     inputs = list(dict.fromkeys(n.input[0] for n in matmuls))
@@ -262,7 +243,6 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
     onnx.save(model, str(int8_path))
     return {"path": str(int8_path), "weight_type": "int8", "method": "rowwise", "per_channel": True,
             "smoothing_alpha": alpha if calibration else None, "asymmetric": asymmetric,
-            "kept_last_blocks": keep_last_blocks,
             "calibration_batches": len(calibration or []), "excluded_nodes": keep, "excluded_count": len(keep),
             "largest_errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:10]),
             "quantized_matmuls": len(replaced), "quantize_seconds": round(time.perf_counter() - start, 3),

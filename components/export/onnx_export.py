@@ -160,21 +160,20 @@ def _quiet_root_logger() -> Iterator[None]:
 
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, exclude_down_proj: bool = True,
                   per_channel: bool = False, method: str = "dynamic", block_size: int = 32,
-                  calibration: list[dict] | None = None, asymmetric: bool = False, keep_last_blocks: int = 0) -> dict:
+                  calibration: list[dict] | None = None, asymmetric: bool = False) -> dict:
     """Int8 copy of the model's MatMuls.
 
     ``dynamic``: ONNX Runtime dynamic quantization, one int8 scale per activation tensor (fast; the
     ``down_proj`` MatMuls stay fp32 when asked). ``blockwise``: see :func:`quantize_int8_blockwise`.
     ``rowwise``: one scale (``asymmetric``: and zero point) per activation row, smoothed with ``calibration``
-    batches, the top ``keep_last_blocks`` blocks fp32 (:mod:`components.export.int8_rowwise`).
+    batches (:mod:`components.export.int8_rowwise`).
     """
     if method not in INT8_METHODS:
         raise ValueError(f"int8 method must be one of {INT8_METHODS}, got {method!r}")
     if method == "blockwise":
         return quantize_int8_blockwise(fp32_path, int8_path, block_size)
     if method == "rowwise":
-        return quantize_int8_rowwise(fp32_path, int8_path, calibration=calibration, asymmetric=asymmetric,
-                                     keep_last_blocks=keep_last_blocks)
+        return quantize_int8_rowwise(fp32_path, int8_path, calibration=calibration, asymmetric=asymmetric)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)

@@ -116,22 +116,3 @@ def test_a_zero_point_per_row_computes_the_numpy_reference_and_fits_one_sided_ro
 def test_bad_alpha(tmp_path):
     with pytest.raises(ValueError, match="alpha"):
         quantize_int8_rowwise(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", alpha=1.5)
-
-
-def test_the_last_blocks_and_the_head_stay_fp32(tiny_lm, tmp_path):
-    from components.export.int8_rowwise import last_blocks
-
-    enc = make_encoder(tiny_lm, layer=-1, **PROMPTS["none"])
-    export_onnx(enc.merged_encoder(), tmp_path / "fp32.onnx")
-    graph = onnx.load(str(tmp_path / "fp32.onnx"))
-    weights = {i.name for i in graph.graph.initializer if len(i.dims) == 2}
-    matmuls = [n.name for n in graph.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    top = max(int(n.split("/layers.")[1].split("/")[0]) for n in matmuls if "/layers." in n)
-    kept = last_blocks(graph, 1)
-    assert kept and all(f"/layers.{top}/" in n or "/layers." not in n for n in kept)
-    assert any("/layers." not in n for n in kept)  # the readout head after the last block
-    assert last_blocks(graph, 0) == [] and last_blocks(graph, top + 5) == matmuls
-    info = quantize_int8_rowwise(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", keep_worst=0, keep_last_blocks=1)
-    quantized = onnx.load(str(tmp_path / "int8.onnx"))
-    assert {n.name for n in quantized.graph.node if n.op_type == "MatMul" and n.input[1] in weights} == set(kept)
-    assert info["quantized_matmuls"] == len(matmuls) - len(kept) > 0
