@@ -168,15 +168,10 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
               _constant(f"{PREFIX}/last_axis", np.array([-1], dtype=np.int64))]
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
-    def reduce_max(source: str, target: str) -> onnx.NodeProto:  # axes became an input in opset 18
+    def reduce(op: str, source: str, target: str) -> onnx.NodeProto:  # axes became an input in opset 18
         if opset >= 18:
-            return helper.make_node("ReduceMax", [source, f"{PREFIX}/last_axis"], [target], keepdims=1)
-        return helper.make_node("ReduceMax", [source], [target], axes=[-1], keepdims=1)
-
-    def reduce_min(source: str, target: str) -> onnx.NodeProto:
-        if opset >= 18:
-            return helper.make_node("ReduceMin", [source, f"{PREFIX}/last_axis"], [target], keepdims=1)
-        return helper.make_node("ReduceMin", [source], [target], axes=[-1], keepdims=1)
+            return helper.make_node(op, [source, f"{PREFIX}/last_axis"], [target], keepdims=1)
+        return helper.make_node(op, [source], [target], axes=[-1], keepdims=1)
 
     new_initializers, quantized_inputs, replaced = list(shared), {}, {}
     rewritten = {n.name for n in matmuls}
@@ -196,41 +191,39 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
                 new_initializers.append(_constant(f"{p}/inverse_factor", (1 / factors[x]).astype(np.float32)))
                 nodes.append(helper.make_node("Mul", [x, f"{p}/inverse_factor"], [f"{p}/smoothed"]))
                 source = f"{p}/smoothed"
-            if asymmetric:
-                nodes += [reduce_max(source, f"{p}/high"), reduce_min(source, f"{p}/low"),
+            if asymmetric:  # the row's [min, max] in 256 levels
+                nodes += [reduce("ReduceMax", source, f"{p}/high"), reduce("ReduceMin", source, f"{p}/low"),
                           helper.make_node("Sub", [f"{p}/high", f"{p}/low"], [f"{p}/span"]),
-                          helper.make_node("Mul", [f"{p}/span", f"{PREFIX}/inv255"], [f"{p}/raw_scale"]),
-                          helper.make_node("Max", [f"{p}/raw_scale", f"{PREFIX}/eps"], [f"{p}/scale"]),
-                          helper.make_node("Div", [f"{p}/low", f"{p}/scale"], [f"{p}/low_scaled"]),
-                          helper.make_node("Round", [f"{p}/low_scaled"], [f"{p}/low_rounded"]),
-                          helper.make_node("Neg", [f"{p}/low_rounded"], [f"{p}/zero"]),
-                          helper.make_node("Div", [source, f"{p}/scale"], [f"{p}/scaled"]),
-                          helper.make_node("Round", [f"{p}/scaled"], [f"{p}/rounded"]),
-                          helper.make_node("Add", [f"{p}/rounded", f"{p}/zero"], [f"{p}/shifted"])]
-            else:
+                          helper.make_node("Mul", [f"{p}/span", f"{PREFIX}/inv255"], [f"{p}/raw_scale"])]
+            else:  # [-max|x|, max|x|] in 255 levels
                 nodes += [helper.make_node("Abs", [source], [f"{p}/abs"]),
-                          reduce_max(f"{p}/abs", f"{p}/peak"),
-                          helper.make_node("Mul", [f"{p}/peak", f"{PREFIX}/inv127"], [f"{p}/raw_scale"]),
-                          helper.make_node("Max", [f"{p}/raw_scale", f"{PREFIX}/eps"], [f"{p}/scale"]),
-                          helper.make_node("Div", [source, f"{p}/scale"], [f"{p}/scaled"]),
-                          helper.make_node("Round", [f"{p}/scaled"], [f"{p}/rounded"]),
-                          helper.make_node("Add", [f"{p}/rounded", f"{PREFIX}/offset"], [f"{p}/shifted"])]
-            nodes += [helper.make_node("Clip", [f"{p}/shifted", f"{PREFIX}/low", f"{PREFIX}/high"], [f"{p}/clipped"]),
+                          reduce("ReduceMax", f"{p}/abs", f"{p}/peak"),
+                          helper.make_node("Mul", [f"{p}/peak", f"{PREFIX}/inv127"], [f"{p}/raw_scale"])]
+            nodes.append(helper.make_node("Max", [f"{p}/raw_scale", f"{PREFIX}/eps"], [f"{p}/scale"]))
+            zero, row_zero = f"{PREFIX}/offset", None
+            if asymmetric:  # the row's zero point, where its min lands; and how far it is from the graph's 128
+                zero, row_zero = f"{p}/zero", f"{p}/row_zero"
+                nodes += [helper.make_node("Div", [f"{p}/low", f"{p}/scale"], [f"{p}/low_scaled"]),
+                          helper.make_node("Round", [f"{p}/low_scaled"], [f"{p}/low_rounded"]),
+                          helper.make_node("Neg", [f"{p}/low_rounded"], [zero]),
+                          helper.make_node("Sub", [zero, f"{PREFIX}/offset"], [row_zero])]
+            nodes += [helper.make_node("Div", [source, f"{p}/scale"], [f"{p}/scaled"]),
+                      helper.make_node("Round", [f"{p}/scaled"], [f"{p}/rounded"]),
+                      helper.make_node("Add", [f"{p}/rounded", zero], [f"{p}/shifted"]),
+                      helper.make_node("Clip", [f"{p}/shifted", f"{PREFIX}/low", f"{PREFIX}/high"], [f"{p}/clipped"]),
                       helper.make_node("Cast", [f"{p}/clipped"], [f"{p}/uint8"], to=TensorProto.UINT8)]
-            quantized_inputs[x] = (f"{p}/uint8", f"{p}/scale", f"{p}/zero" if asymmetric else None)
-        x_q, x_scale, x_zero = quantized_inputs[x]
+            quantized_inputs[x] = (f"{p}/uint8", f"{p}/scale", row_zero)
+        x_q, x_scale, row_zero = quantized_inputs[x]
         w_int8, column_scale = _int8_columns(w)
         q = f"{PREFIX}/w{len(replaced)}"
         new_initializers += [_constant(f"{q}/int8", w_int8), _constant(f"{q}/scale", column_scale)]
         nodes += [helper.make_node("MatMulInteger", [x_q, f"{q}/int8", f"{PREFIX}/zero_point"], [f"{q}/int32"]),
                   helper.make_node("Cast", [f"{q}/int32"], [f"{q}/float"], to=TensorProto.FLOAT)]
-        if x_zero is not None:  # the graph subtracted 128 from every value; the row's own zero point instead
-            row_zero = f"{q}/row_zero"
+        if row_zero is not None:  # MatMulInteger subtracted 128 from every value; the row's own zero point instead
             new_initializers.append(_constant(f"{q}/colsum", w_int8.sum(axis=0, dtype=np.float32)))
-            nodes += [helper.make_node("Sub", [x_zero, f"{PREFIX}/offset"], [row_zero]),
-                      helper.make_node("Mul", [row_zero, f"{q}/colsum"], [f"{q}/correction"]),
+            nodes += [helper.make_node("Mul", [row_zero, f"{q}/colsum"], [f"{q}/correction"]),
                       helper.make_node("Sub", [f"{q}/float", f"{q}/correction"], [f"{q}/centred"])]
-        nodes += [helper.make_node("Mul", [f"{q}/centred" if x_zero is not None else f"{q}/float", x_scale],
+        nodes += [helper.make_node("Mul", [f"{q}/centred" if row_zero is not None else f"{q}/float", x_scale],
                                    [f"{q}/row_scaled"]),
                   helper.make_node("Mul", [f"{q}/row_scaled", f"{q}/scale"], [node.output[0]], name=node.name)]
         replaced[node.name] = node.input[1]
