@@ -53,9 +53,12 @@ class CellStore:
         self.cells[key] = record
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        # one cell per line, compact: a new cell is a one-line diff, and the headline's scores (every dev and test
+        # pair of 70+ runs) stay well under the repository's 2 MiB per file
+        lines = [f"{json.dumps(key)}: {json.dumps(self.cells[key], sort_keys=True, separators=(',', ':'))}"
+                 for key in sorted(self.cells)]
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"cells": self.cells}, handle, indent=1, sort_keys=True)
-            handle.write("\n")
+            handle.write('{"cells": {\n' + ",\n".join(lines) + "\n}}\n")
         os.replace(temp, self.path)
 
 

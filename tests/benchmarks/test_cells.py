@@ -27,6 +27,9 @@ def test_cells_are_stored_at_once_and_read_back(tmp_path):
     again = CellStore(path)
     assert key in again and again.get(key) == {"dev_ap": 0.7}
     assert not list(tmp_path.glob(".*.tmp"))
+    again.put(cell_key("banking77", "flip", 2, "abc"), {"scores": {"dev": [0.1, 0.2]}})
+    assert len(path.read_text().splitlines()) == 4  # one line per cell between the braces
+    assert CellStore(path).cells == again.cells
 
 
 def test_budget_allows_what_fits():
