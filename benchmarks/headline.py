@@ -310,8 +310,8 @@ def settings_tried(store: CellStore, labels: dict[str, dict[str, np.ndarray]]) -
     out: dict[str, dict[str, list[float]]] = {}
     seen = set()
     for key, cell in store.cells.items():
-        dataset, variant = key.split("/")[:2]
-        run = (dataset, key.split("/")[2], cell.get("brief"), cell.get("run_id", key))
+        dataset, variant, seed = key.split("/")[:3]
+        run = (dataset, seed, cell.get("brief"), cell.get("run_id", key))
         if "brief" not in cell or dataset not in labels or run in seen:
             continue
         seen.add(run)  # a reused cell (twin) is one run, counted once
