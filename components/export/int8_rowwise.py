@@ -73,14 +73,24 @@ def channel_absmax(model: onnx.ModelProto, calibration: Sequence[dict[str, np.nd
     return found
 
 
-def _int8_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output column: (int8 weights, float32 scale per column)."""
+def _int8_columns(w: np.ndarray, outliers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output column: (int8 weights, float32 scale per column). The rows of ``outliers`` are
+    multiplied in fp32 instead: zero here, so they take none of a column's range."""
+    if outliers is not None and len(outliers):
+        w = w.copy()
+        w[outliers] = 0.0
     scale = (np.maximum(np.abs(w).max(axis=0), 1e-12) / 127).astype(np.float32)
     return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
 
 
-def _rowwise_product(x: np.ndarray, w_int8: np.ndarray, w_scale: np.ndarray, asymmetric: bool = False) -> np.ndarray:
-    """What the rewritten graph computes for one MatMul, in numpy (x already smoothed)."""
+def _rowwise_product(x: np.ndarray, w_int8: np.ndarray, w_scale: np.ndarray, asymmetric: bool = False,
+                     outliers: np.ndarray | None = None, w: np.ndarray | None = None) -> np.ndarray:
+    """What the rewritten graph computes for one MatMul, in numpy (x already smoothed). ``outliers``: input
+    channels multiplied in fp32 with the rows of ``w`` (smoothed weights), left out of the int8 product."""
+    if outliers is not None and len(outliers):
+        inliers = x.copy()
+        inliers[:, outliers] = 0.0
+        return _rowwise_product(inliers, w_int8, w_scale, asymmetric) + x[:, outliers] @ w[outliers]
     if asymmetric:
         low = x.min(axis=1, keepdims=True)
         scale = np.maximum((x.max(axis=1, keepdims=True) - low) / 255, 1e-12)
@@ -93,23 +103,26 @@ def _rowwise_product(x: np.ndarray, w_int8: np.ndarray, w_scale: np.ndarray, asy
 
 def matmul_errors(model: onnx.ModelProto, calibration: Sequence[dict[str, np.ndarray]],
                   matmuls: Sequence[onnx.NodeProto], factors: dict[str, np.ndarray],
-                  asymmetric: bool = False) -> dict[str, float]:
+                  asymmetric: bool = False, outliers: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Per MatMul, ||rowwise int8 output - fp32 output||^2 / ||fp32 output||^2 over the calibration batches."""
     weights = {i.name: i for i in model.graph.initializer}
+    outliers = outliers or {}
     prepared = {}
     for node in matmuls:
         w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
         factor = factors.get(node.input[0])
-        prepared[node.name] = (w, *_int8_columns(w if factor is None else w * factor[:, None]))
+        smoothed = w if factor is None else w * factor[:, None]
+        prepared[node.name] = (w, *_int8_columns(smoothed, outliers.get(node.input[0])), smoothed)
     error = dict.fromkeys(prepared, 0.0)
     norm = dict.fromkeys(prepared, 0.0)
     for batch in _activations(model, calibration, list(dict.fromkeys(n.input[0] for n in matmuls))):
         for node in matmuls:
             x = batch[node.input[0]]
-            w, w_int8, w_scale = prepared[node.name]
+            w, w_int8, w_scale, smoothed = prepared[node.name]
             exact = x @ w
             factor = factors.get(node.input[0])
-            approx = _rowwise_product(x if factor is None else x / factor, w_int8, w_scale, asymmetric)
+            approx = _rowwise_product(x if factor is None else x / factor, w_int8, w_scale, asymmetric,
+                                      outliers.get(node.input[0]), smoothed)
             error[node.name] += float(((approx - exact) ** 2).sum())
             norm[node.name] += float((exact ** 2).sum())
     return {name: error[name] / max(norm[name], 1e-30) for name in error}
@@ -122,7 +135,7 @@ def _constant(name: str, value) -> onnx.TensorProto:
 def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
                           calibration: Sequence[dict[str, np.ndarray]] | None = None, alpha: float = 0.5,
                           keep_fp32: Iterable[str] = (), keep_worst: int = KEEP_WORST,
-                          asymmetric: bool = False) -> dict:
+                          asymmetric: bool = False, outlier_channels: int = 0) -> dict:
     """Rewrite every constant-weight MatMul of ``fp32_path`` as per-row int8 (see the module docstring).
 
     ``calibration``: model inputs (``input_ids``, ``attention_mask`` batches) to smooth with and to measure each
@@ -131,10 +144,14 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
     ``keep_worst`` MatMuls whose int8 output is furthest from fp32 (:func:`matmul_errors`). ``asymmetric``: each
     row spans its own [min, max] in 256 levels (a zero point per row) instead of [-max|x|, max|x|] in 255;
     ONNX Runtime's ``MatMulInteger`` takes one zero point per tensor, so the row's is subtracted from the int32
-    product as ``zero_row * colsum(W_q)``.
+    product as ``zero_row * colsum(W_q)``. ``outlier_channels``: per MatMul input, the channels of largest
+    calibration peak (after smoothing) that are multiplied in fp32 apart from the int8 product, as in LLM.int8()
+    (Dettmers et al., 2022), so that they no longer set every row's scale; needs calibration.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if outlier_channels < 0 or (outlier_channels and not calibration):
+        raise ValueError(f"outlier_channels must be >= 0 and needs calibration data, got {outlier_channels}")
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     int8_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -145,6 +162,7 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
     weights = {i.name: i for i in graph.initializer}
     inputs = list(dict.fromkeys(n.input[0] for n in matmuls))
     factors: dict[str, np.ndarray] = {}
+    outliers: dict[str, np.ndarray] = {}
     errors: dict[str, float] = {}
     if calibration:
         peaks = channel_absmax(model, calibration, inputs)
@@ -155,8 +173,11 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
         for name in inputs:
             factor = np.maximum(peaks[name], 1e-5) ** alpha / np.maximum(weight_peak[name], 1e-5) ** (1 - alpha)
             factors[name] = np.clip(factor, 1e-2, 1e3).astype(np.float32)
+            if outlier_channels:
+                smoothed_peak = peaks[name] / factors[name]
+                outliers[name] = np.sort(np.argsort(-smoothed_peak)[:outlier_channels]).astype(np.int64)
         if keep_worst > 0:
-            errors = matmul_errors(model, calibration, matmuls, factors, asymmetric)
+            errors = matmul_errors(model, calibration, matmuls, factors, asymmetric, outliers)
             worst = sorted(errors, key=errors.__getitem__, reverse=True)[:keep_worst]
             keep += worst
             matmuls = [n for n in matmuls if n.name not in set(worst)]
@@ -191,6 +212,15 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
                 new_initializers.append(_constant(f"{p}/inverse_factor", (1 / factors[x]).astype(np.float32)))
                 nodes.append(helper.make_node("Mul", [x, f"{p}/inverse_factor"], [f"{p}/smoothed"]))
                 source = f"{p}/smoothed"
+            outlier_values = None
+            if x in outliers:  # the outlier channels go apart in fp32; the rest, with zeros there, to int8
+                mask = np.ones(len(factors[x]), dtype=np.float32)
+                mask[outliers[x]] = 0.0
+                outlier_values = f"{p}/outlier_values"
+                new_initializers += [_constant(f"{p}/inlier_mask", mask), _constant(f"{p}/outlier_index", outliers[x])]
+                nodes += [helper.make_node("Gather", [source, f"{p}/outlier_index"], [outlier_values], axis=-1),
+                          helper.make_node("Mul", [source, f"{p}/inlier_mask"], [f"{p}/inliers"])]
+                source = f"{p}/inliers"
             if asymmetric:  # the row's [min, max] in 256 levels
                 nodes += [reduce("ReduceMax", source, f"{p}/high"), reduce("ReduceMin", source, f"{p}/low"),
                           helper.make_node("Sub", [f"{p}/high", f"{p}/low"], [f"{p}/span"]),
@@ -212,9 +242,9 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
                       helper.make_node("Add", [f"{p}/rounded", zero], [f"{p}/shifted"]),
                       helper.make_node("Clip", [f"{p}/shifted", f"{PREFIX}/low", f"{PREFIX}/high"], [f"{p}/clipped"]),
                       helper.make_node("Cast", [f"{p}/clipped"], [f"{p}/uint8"], to=TensorProto.UINT8)]
-            quantized_inputs[x] = (f"{p}/uint8", f"{p}/scale", row_zero)
-        x_q, x_scale, row_zero = quantized_inputs[x]
-        w_int8, column_scale = _int8_columns(w)
+            quantized_inputs[x] = (f"{p}/uint8", f"{p}/scale", row_zero, outlier_values)
+        x_q, x_scale, row_zero, outlier_values = quantized_inputs[x]
+        w_int8, column_scale = _int8_columns(w, outliers.get(x))
         q = f"{PREFIX}/w{len(replaced)}"
         new_initializers += [_constant(f"{q}/int8", w_int8), _constant(f"{q}/scale", column_scale)]
         nodes += [helper.make_node("MatMulInteger", [x_q, f"{q}/int8", f"{PREFIX}/zero_point"], [f"{q}/int32"]),
@@ -223,9 +253,16 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
             new_initializers.append(_constant(f"{q}/colsum", w_int8.sum(axis=0, dtype=np.float32)))
             nodes += [helper.make_node("Mul", [row_zero, f"{q}/colsum"], [f"{q}/correction"]),
                       helper.make_node("Sub", [f"{q}/float", f"{q}/correction"], [f"{q}/centred"])]
-        nodes += [helper.make_node("Mul", [f"{q}/centred" if row_zero is not None else f"{q}/float", x_scale],
-                                   [f"{q}/row_scaled"]),
-                  helper.make_node("Mul", [f"{q}/row_scaled", f"{q}/scale"], [node.output[0]], name=node.name)]
+        nodes.append(helper.make_node("Mul", [f"{q}/centred" if row_zero is not None else f"{q}/float", x_scale],
+                                      [f"{q}/row_scaled"]))
+        if outlier_values is None:
+            nodes.append(helper.make_node("Mul", [f"{q}/row_scaled", f"{q}/scale"], [node.output[0]], name=node.name))
+        else:
+            new_initializers.append(_constant(f"{q}/outlier_weight", w[outliers[x]]))
+            nodes += [helper.make_node("Mul", [f"{q}/row_scaled", f"{q}/scale"], [f"{q}/int8_part"]),
+                      helper.make_node("MatMul", [outlier_values, f"{q}/outlier_weight"], [f"{q}/outlier_part"]),
+                      helper.make_node("Add", [f"{q}/int8_part", f"{q}/outlier_part"], [node.output[0]],
+                                       name=node.name)]
         replaced[node.name] = node.input[1]
     still_used = {i for n in nodes for i in n.input}
     kept = [i for i in graph.initializer if i.name not in set(replaced.values()) or i.name in still_used]
@@ -236,7 +273,8 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
     onnx.save(model, str(int8_path))
     return {"path": str(int8_path), "weight_type": "int8", "method": "rowwise", "per_channel": True,
             "smoothing_alpha": alpha if calibration else None, "asymmetric": asymmetric,
-            "calibration_batches": len(calibration or []), "excluded_nodes": keep, "excluded_count": len(keep),
+            "outlier_channels": outlier_channels, "calibration_batches": len(calibration or []),
+            "excluded_nodes": keep, "excluded_count": len(keep),
             "largest_errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:10]),
             "quantized_matmuls": len(replaced), "quantize_seconds": round(time.perf_counter() - start, 3),
             "file_bytes": int8_path.stat().st_size}

@@ -23,14 +23,17 @@ def _calibration(enc, texts):
 
 
 # (id, smoothed, keep the down_proj MatMuls in fp32, keep the MatMuls of largest calibration error in fp32,
-#  a zero point per row)
-CASES = [("plain", False, False, 0, False), ("smoothed", True, False, 0, False),
-         ("smoothed_down_proj_fp32", True, True, 0, False), ("smoothed_worst_3_fp32", True, False, 3, False),
-         ("plain_asymmetric", False, False, 0, True), ("smoothed_asymmetric_worst_3_fp32", True, False, 3, True)]
+#  a zero point per row, input channels multiplied apart in fp32)
+CASES = [("plain", False, False, 0, False, 0), ("smoothed", True, False, 0, False, 0),
+         ("smoothed_down_proj_fp32", True, True, 0, False, 0), ("smoothed_worst_3_fp32", True, False, 3, False, 0),
+         ("plain_asymmetric", False, False, 0, True, 0), ("smoothed_asymmetric_worst_3_fp32", True, False, 3, True, 0),
+         ("smoothed_outliers_4_worst_3_fp32", True, False, 3, False, 4)]
 
 
-@pytest.mark.parametrize("smoothed,keep_down,worst,asymmetric", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, keep_down, worst, asymmetric):
+@pytest.mark.parametrize("smoothed,keep_down,worst,asymmetric,outliers", [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, keep_down, worst, asymmetric,
+                                                  outliers):
     enc = make_encoder(tiny_lm, layer=-1, **PROMPTS["none"])
     export_onnx(enc.merged_encoder(), tmp_path / "fp32.onnx")
     graph = onnx.load(str(tmp_path / "fp32.onnx"))
@@ -40,7 +43,7 @@ def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, k
     texts = random_texts(24, seed=7)
     calibration = _calibration(enc, random_texts(16, seed=8)) if smoothed else None
     info = quantize_int8_rowwise(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration=calibration,
-                                 keep_fp32=keep, keep_worst=worst, asymmetric=asymmetric)
+                                 keep_fp32=keep, keep_worst=worst, asymmetric=asymmetric, outlier_channels=outliers)
     assert info["quantized_matmuls"] == len(matmuls) - len(keep) - worst > 0
     assert info["excluded_count"] == len(keep) + worst and set(keep) <= set(info["excluded_nodes"])
     if worst:  # the ones kept are those of largest error, the errors measured on every candidate
@@ -50,6 +53,8 @@ def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, k
     quantized = onnx.load(str(tmp_path / "int8.onnx"))
     ops = [n.op_type for n in quantized.graph.node]
     assert ops.count("MatMulInteger") == info["quantized_matmuls"]
+    split = [i for i in quantized.graph.initializer if i.name.endswith("/outlier_index")]
+    assert all(len(i.dims) == 1 and i.dims[0] == outliers for i in split) and bool(split) is (outliers > 0)
     assert {n.name for n in quantized.graph.node if n.op_type == "MatMul"} >= set(keep)
     fp32_z = encode_onnx(ort_session(tmp_path / "fp32.onnx", threads=1), enc.tokenize, texts)
     int8_z = encode_onnx(ort_session(tmp_path / "int8.onnx", threads=1), enc.tokenize, texts)
@@ -116,3 +121,41 @@ def test_a_zero_point_per_row_computes_the_numpy_reference_and_fits_one_sided_ro
 def test_bad_alpha(tmp_path):
     with pytest.raises(ValueError, match="alpha"):
         quantize_int8_rowwise(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", alpha=1.5)
+
+
+def test_outlier_channels_go_apart_in_fp32_and_the_graph_computes_the_numpy_reference(tmp_path):
+    """Two input channels 200x the others in every token (what RMSNorm gains do to a residual stream) set every
+    row's int8 scale, smoothing or not; multiplied apart in fp32, they leave the rest its full range."""
+    from components.export.int8_rowwise import _int8_columns, _rowwise_product
+
+    rng = np.random.default_rng(3)
+    weight = rng.normal(size=(64, 48)).astype(np.float32)
+    _one_matmul_model(tmp_path / "fp32.onnx", weight)
+    x = rng.normal(size=(4, 6, 64)).astype(np.float32)
+    x[..., [5, 40]] *= 200.0
+    calibration = [{"x": x[:2]}, {"x": x[2:]}]
+    reference = (x @ weight).reshape(-1, 48)
+    errors = {}
+    for count in (0, 2):
+        path = tmp_path / f"{count}.onnx"
+        info = quantize_int8_rowwise(tmp_path / "fp32.onnx", path, calibration=calibration, keep_worst=0,
+                                     outlier_channels=count)
+        assert info["outlier_channels"] == count
+        y = ort_session(path, threads=1).run(["y"], {"x": x})[0].reshape(-1, 48)
+        errors[count] = float(((y - reference) ** 2).sum() / (reference ** 2).sum())
+    quantized = onnx.load(str(tmp_path / "2.onnx"))
+    index = next(i for i in quantized.graph.initializer if i.name.endswith("outlier_index"))
+    assert sorted(onnx.numpy_helper.to_array(index)) == [5, 40]
+    factor = onnx.numpy_helper.to_array(next(i for i in quantized.graph.initializer
+                                             if i.name.endswith("inverse_factor")))
+    smoothed_x, smoothed_w = x.reshape(-1, 64) * factor, weight / factor[:, None]
+    outliers = np.array([5, 40])
+    ours = _rowwise_product(smoothed_x, *_int8_columns(smoothed_w, outliers), False, outliers, smoothed_w)
+    np.testing.assert_allclose(y, ours, atol=2e-3 * np.abs(ours).max())
+    print(f"relative squared error: outliers in int8 {errors[0]:.2e}, apart in fp32 {errors[2]:.2e}")
+    assert errors[2] < errors[0] / 10
+
+
+def test_outlier_channels_need_calibration(tmp_path):
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_int8_rowwise(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", outlier_channels=4)
