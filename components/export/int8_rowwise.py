@@ -135,7 +135,7 @@ def _constant(name: str, value) -> onnx.TensorProto:
 def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
                           calibration: Sequence[dict[str, np.ndarray]] | None = None, alpha: float = 0.5,
                           keep_fp32: Iterable[str] = (), keep_worst: int = KEEP_WORST,
-                          asymmetric: bool = False, outlier_channels: int = 0) -> dict:
+                          asymmetric: bool = False, outlier_channels: int = 0, fused: bool = True) -> dict:
     """Rewrite every constant-weight MatMul of ``fp32_path`` as per-row int8 (see the module docstring).
 
     ``calibration``: model inputs (``input_ids``, ``attention_mask`` batches) to smooth with and to measure each
@@ -146,7 +146,9 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
     ONNX Runtime's ``MatMulInteger`` takes one zero point per tensor, so the row's is subtracted from the int32
     product as ``zero_row * colsum(W_q)``. ``outlier_channels``: per MatMul input, the channels of largest
     calibration peak (after smoothing) that are multiplied in fp32 apart from the int8 product, as in LLM.int8()
-    (Dettmers et al., 2022), so that they no longer set every row's scale; needs calibration.
+    (Dettmers et al., 2022), so that they no longer set every row's scale; needs calibration. ``fused``: the int8
+    product, its cast to float and the column scales in one ONNX Runtime kernel (``com.microsoft``
+    ``MatMulIntegerToFloat``); False keeps to standard ONNX ops (``MatMulInteger``, ``Cast``, ``Mul``).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -183,7 +185,7 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
             matmuls = [n for n in matmuls if n.name not in set(worst)]
 
     shared = [_constant(f"{PREFIX}/zero_point", np.uint8(128)), _constant(f"{PREFIX}/inv127", np.float32(1 / 127)),
-              _constant(f"{PREFIX}/eps", np.float32(1e-12)),
+              _constant(f"{PREFIX}/eps", np.float32(1e-12)), _constant(f"{PREFIX}/one", np.float32(1)),
               _constant(f"{PREFIX}/inv255", np.float32(1 / 255)), _constant(f"{PREFIX}/offset", np.float32(128)),
               _constant(f"{PREFIX}/low", np.float32(0)), _constant(f"{PREFIX}/high", np.float32(255)),
               _constant(f"{PREFIX}/last_axis", np.array([-1], dtype=np.int64))]
@@ -247,19 +249,25 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
         w_int8, column_scale = _int8_columns(w, outliers.get(x))
         q = f"{PREFIX}/w{len(replaced)}"
         new_initializers += [_constant(f"{q}/int8", w_int8), _constant(f"{q}/scale", column_scale)]
-        nodes += [helper.make_node("MatMulInteger", [x_q, f"{q}/int8", f"{PREFIX}/zero_point"], [f"{q}/int32"]),
-                  helper.make_node("Cast", [f"{q}/int32"], [f"{q}/float"], to=TensorProto.FLOAT)]
+        if fused:  # one kernel for the int8 product, its cast and the column scales
+            nodes.append(helper.make_node("MatMulIntegerToFloat", [x_q, f"{q}/int8", f"{PREFIX}/one", f"{q}/scale",
+                                                                   f"{PREFIX}/zero_point"], [f"{q}/product"],
+                                          domain="com.microsoft"))
+        else:
+            nodes += [helper.make_node("MatMulInteger", [x_q, f"{q}/int8", f"{PREFIX}/zero_point"], [f"{q}/int32"]),
+                      helper.make_node("Cast", [f"{q}/int32"], [f"{q}/float"], to=TensorProto.FLOAT),
+                      helper.make_node("Mul", [f"{q}/float", f"{q}/scale"], [f"{q}/product"])]
+        product = f"{q}/product"
         if row_zero is not None:  # MatMulInteger subtracted 128 from every value; the row's own zero point instead
-            new_initializers.append(_constant(f"{q}/colsum", w_int8.sum(axis=0, dtype=np.float32)))
+            new_initializers.append(_constant(f"{q}/colsum", w_int8.sum(axis=0, dtype=np.float32) * column_scale))
             nodes += [helper.make_node("Mul", [row_zero, f"{q}/colsum"], [f"{q}/correction"]),
-                      helper.make_node("Sub", [f"{q}/float", f"{q}/correction"], [f"{q}/centred"])]
-        nodes.append(helper.make_node("Mul", [f"{q}/centred" if row_zero is not None else f"{q}/float", x_scale],
-                                      [f"{q}/row_scaled"]))
+                      helper.make_node("Sub", [product, f"{q}/correction"], [f"{q}/centred"])]
+            product = f"{q}/centred"
         if outlier_values is None:
-            nodes.append(helper.make_node("Mul", [f"{q}/row_scaled", f"{q}/scale"], [node.output[0]], name=node.name))
+            nodes.append(helper.make_node("Mul", [product, x_scale], [node.output[0]], name=node.name))
         else:
             new_initializers.append(_constant(f"{q}/outlier_weight", w[outliers[x]]))
-            nodes += [helper.make_node("Mul", [f"{q}/row_scaled", f"{q}/scale"], [f"{q}/int8_part"]),
+            nodes += [helper.make_node("Mul", [product, x_scale], [f"{q}/int8_part"]),
                       helper.make_node("MatMul", [outlier_values, f"{q}/outlier_weight"], [f"{q}/outlier_part"]),
                       helper.make_node("Add", [f"{q}/int8_part", f"{q}/outlier_part"], [node.output[0]],
                                        name=node.name)]
@@ -270,10 +278,12 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
     graph.initializer.extend(kept + new_initializers)
     del graph.node[:]
     graph.node.extend(nodes)
+    if fused and replaced and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(int8_path))
     return {"path": str(int8_path), "weight_type": "int8", "method": "rowwise", "per_channel": True,
             "smoothing_alpha": alpha if calibration else None, "asymmetric": asymmetric,
-            "outlier_channels": outlier_channels, "calibration_batches": len(calibration or []),
+            "outlier_channels": outlier_channels, "fused": fused, "calibration_batches": len(calibration or []),
             "excluded_nodes": keep, "excluded_count": len(keep),
             "largest_errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:10]),
             "quantized_matmuls": len(replaced), "quantize_seconds": round(time.perf_counter() - start, 3),

@@ -23,17 +23,21 @@ def _calibration(enc, texts):
 
 
 # (id, smoothed, keep the down_proj MatMuls in fp32, keep the MatMuls of largest calibration error in fp32,
-#  a zero point per row, input channels multiplied apart in fp32)
-CASES = [("plain", False, False, 0, False, 0), ("smoothed", True, False, 0, False, 0),
-         ("smoothed_down_proj_fp32", True, True, 0, False, 0), ("smoothed_worst_3_fp32", True, False, 3, False, 0),
-         ("plain_asymmetric", False, False, 0, True, 0), ("smoothed_asymmetric_worst_3_fp32", True, False, 3, True, 0),
-         ("smoothed_outliers_4_worst_3_fp32", True, False, 3, False, 4)]
+#  a zero point per row, input channels multiplied apart in fp32, ONNX Runtime's fused MatMulIntegerToFloat)
+CASES = [("plain", False, False, 0, False, 0, True), ("smoothed", True, False, 0, False, 0, True),
+         ("smoothed_standard_ops", True, False, 0, False, 0, False),
+         ("smoothed_down_proj_fp32", True, True, 0, False, 0, True),
+         ("smoothed_worst_3_fp32", True, False, 3, False, 0, True),
+         ("plain_asymmetric", False, False, 0, True, 0, True),
+         ("smoothed_asymmetric_worst_3_fp32", True, False, 3, True, 0, True),
+         ("smoothed_asymmetric_standard_ops", True, False, 0, True, 0, False),
+         ("smoothed_outliers_4_worst_3_fp32", True, False, 3, False, 4, True)]
 
 
-@pytest.mark.parametrize("smoothed,keep_down,worst,asymmetric,outliers", [c[1:] for c in CASES],
+@pytest.mark.parametrize("smoothed,keep_down,worst,asymmetric,outliers,fused", [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])
 def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, keep_down, worst, asymmetric,
-                                                  outliers):
+                                                  outliers, fused):
     enc = make_encoder(tiny_lm, layer=-1, **PROMPTS["none"])
     export_onnx(enc.merged_encoder(), tmp_path / "fp32.onnx")
     graph = onnx.load(str(tmp_path / "fp32.onnx"))
@@ -43,7 +47,8 @@ def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, k
     texts = random_texts(24, seed=7)
     calibration = _calibration(enc, random_texts(16, seed=8)) if smoothed else None
     info = quantize_int8_rowwise(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration=calibration,
-                                 keep_fp32=keep, keep_worst=worst, asymmetric=asymmetric, outlier_channels=outliers)
+                                 keep_fp32=keep, keep_worst=worst, asymmetric=asymmetric, outlier_channels=outliers,
+                                 fused=fused)
     assert info["quantized_matmuls"] == len(matmuls) - len(keep) - worst > 0
     assert info["excluded_count"] == len(keep) + worst and set(keep) <= set(info["excluded_nodes"])
     if worst:  # the ones kept are those of largest error, the errors measured on every candidate
@@ -52,7 +57,8 @@ def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, k
     assert (info["smoothing_alpha"] == 0.5) is smoothed and info["asymmetric"] is asymmetric
     quantized = onnx.load(str(tmp_path / "int8.onnx"))
     ops = [n.op_type for n in quantized.graph.node]
-    assert ops.count("MatMulInteger") == info["quantized_matmuls"]
+    assert ops.count("MatMulIntegerToFloat" if fused else "MatMulInteger") == info["quantized_matmuls"]
+    assert ops.count("MatMulInteger" if fused else "MatMulIntegerToFloat") == 0
     split = [i for i in quantized.graph.initializer if i.name.endswith("/outlier_index")]
     assert all(len(i.dims) == 1 and i.dims[0] == outliers for i in split) and bool(split) is (outliers > 0)
     assert {n.name for n in quantized.graph.node if n.op_type == "MatMul"} >= set(keep)
