@@ -26,8 +26,10 @@ class Gates:
     """What an engine must keep of torch's output on the dev pairs to be served.
 
     int8 engines: min cosine of z, the decisions (``score >= threshold``) that differ from torch's (at most
-    ``max_flipped_share`` of the pairs or ``min_flipped_pairs``, whichever is larger: on a small dev split one pair
-    sitting on the threshold flips under any quantization noise) and the change of average precision.
+    ``max_flipped_share`` of the pairs or ``min_flipped_pairs``, whichever is larger) and the change of average
+    precision. A changed decision counts only when torch's score lies ``decision_margin`` or more from the
+    threshold: the threshold is fitted on these dev scores, so pairs sit on it, and a pair 0.0002 away flipped
+    when the same int8 weights only had their two scale multiplications reordered (see docs/deployment.md).
     """
 
     fp32_tolerance: float = 1e-4
@@ -35,6 +37,7 @@ class Gates:
     max_flipped_share: float = 0.01
     min_flipped_pairs: int = 1
     ap_tolerance: float = 0.01
+    decision_margin: float = 0.01
 
     def allowed_flips(self, pairs: int) -> int:
         return max(self.min_flipped_pairs, int(self.max_flipped_share * pairs))
@@ -71,9 +74,10 @@ def engine_gate(metrics: dict, engine: str, gates: Gates, pairs: int) -> list[st
         return failures
     if not metrics[f"{engine}_min_cosine"] >= gates.int8_min_cosine:
         failures.append(f"{engine} min cosine {metrics[f'{engine}_min_cosine']:.4f} < {gates.int8_min_cosine:g}")
-    flips, allowed = int(metrics[f"{engine}_flipped_pairs"]), gates.allowed_flips(pairs)
+    flips, allowed = int(metrics[f"{engine}_flipped_clear_pairs"]), gates.allowed_flips(pairs)
     if flips > allowed:
-        failures.append(f"{engine} changes the decision of {flips} of {pairs} dev pairs (allowed: {allowed})")
+        failures.append(f"{engine} changes the decision of {flips} of {pairs} dev pairs scored "
+                        f"{gates.decision_margin:g} or more from the threshold (allowed: {allowed})")
     if not abs(metrics[f"{engine}_dev_ap_delta"]) <= gates.ap_tolerance:
         failures.append(f"{engine} dev AP {metrics[f'{engine}_dev_ap']:.4f} vs torch {metrics['torch_dev_ap']:.4f} "
                         f"(tolerance {gates.ap_tolerance:g})")
@@ -90,10 +94,11 @@ def check_parity(encoder: LoraEncoder, bundles: dict[str, Path], dev: pd.DataFra
     labels = dev["match"].to_numpy()
     torch_scores = _pair_scores(reference, index, dev)
     torch_metrics = classification_metrics(torch_scores, labels, threshold)
+    clear = np.abs(torch_scores - threshold) >= gates.decision_margin  # pairs not decided by rounding noise
     metrics: dict[str, float] = {"torch_dev_f1": float(torch_metrics["f1"]),
                                  "torch_dev_ap": float(torch_metrics["average_precision"]),
                                  "parity_texts": float(len(texts)), "dev_pairs": float(len(dev)),
-                                 "threshold": threshold}
+                                 "threshold": threshold, "pairs_near_threshold": float((~clear).sum())}
     for engine, folder in bundles.items():
         served = OnnxTextEncoder(folder, threads=threads)
         if engine == "fp32":
@@ -102,12 +107,14 @@ def check_parity(encoder: LoraEncoder, bundles: dict[str, Path], dev: pd.DataFra
         stats = compare(reference, z)
         scores = _pair_scores(z, index, dev)
         result = classification_metrics(scores, labels, threshold)
+        flipped = (scores >= threshold) != (torch_scores >= threshold)
         metrics.update({f"{engine}_max_abs_diff": stats["max_abs_diff"], f"{engine}_min_cosine": stats["min_cosine"],
                         f"{engine}_mean_cosine": stats["mean_cosine"], f"{engine}_dev_f1": float(result["f1"]),
                         f"{engine}_dev_f1_delta": float(result["f1"]) - metrics["torch_dev_f1"],
                         f"{engine}_dev_ap": float(result["average_precision"]),
                         f"{engine}_dev_ap_delta": float(result["average_precision"]) - metrics["torch_dev_ap"],
-                        f"{engine}_flipped_pairs": float(((scores >= threshold) != (torch_scores >= threshold)).sum())})
+                        f"{engine}_flipped_pairs": float(flipped.sum()),
+                        f"{engine}_flipped_clear_pairs": float((flipped & clear).sum())})
     failures = {engine: engine_gate(metrics, engine, gates, len(dev)) for engine in bundles}
     for engine, why in failures.items():
         metrics[f"{engine}_gate_passed"] = float(not why)

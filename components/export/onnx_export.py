@@ -33,7 +33,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from components.export.int8_rowwise import quantize_int8_rowwise
+from components.export.int8_rowwise import KEEP_WORST, quantize_int8_rowwise
 from components.export.onnx_session import make_session as ort_session  # noqa: F401  (re-exported)
 from components.student.lora_encoder import LoraEncoder
 from components.student.merged_encoder import MergedEncoder
@@ -160,20 +160,23 @@ def _quiet_root_logger() -> Iterator[None]:
 
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, exclude_down_proj: bool = True,
                   per_channel: bool = False, method: str = "dynamic", block_size: int = 32,
-                  calibration: list[dict] | None = None, asymmetric: bool = False) -> dict:
+                  calibration: list[dict] | None = None, asymmetric: bool = False, outlier_channels: int = 0,
+                  keep_worst: int = KEEP_WORST) -> dict:
     """Int8 copy of the model's MatMuls.
 
     ``dynamic``: ONNX Runtime dynamic quantization, one int8 scale per activation tensor (fast; the
     ``down_proj`` MatMuls stay fp32 when asked). ``blockwise``: see :func:`quantize_int8_blockwise`.
     ``rowwise``: one scale (``asymmetric``: and zero point) per activation row, smoothed with ``calibration``
-    batches (:mod:`components.export.int8_rowwise`).
+    batches, ``outlier_channels`` per input multiplied apart in fp32 and the ``keep_worst`` MatMuls of largest
+    error left fp32 (:mod:`components.export.int8_rowwise`).
     """
     if method not in INT8_METHODS:
         raise ValueError(f"int8 method must be one of {INT8_METHODS}, got {method!r}")
     if method == "blockwise":
         return quantize_int8_blockwise(fp32_path, int8_path, block_size)
     if method == "rowwise":
-        return quantize_int8_rowwise(fp32_path, int8_path, calibration=calibration, asymmetric=asymmetric)
+        return quantize_int8_rowwise(fp32_path, int8_path, calibration=calibration, asymmetric=asymmetric,
+                                     outlier_channels=outlier_channels, keep_worst=keep_worst)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)

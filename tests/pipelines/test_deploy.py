@@ -217,7 +217,8 @@ def test_train_export_promote_serve(mlflow_env, tiny_model_args, tmp_path):
     assert tags["flipkd.served_engine"] == "fp32" and params["engines"] == "fp32"
     assert params["exporter"] == "torchscript" and int(params["opset"]) >= 17 and params["exporter_why"]
     assert metrics["fp32_max_abs_diff"] <= 1e-4 and metrics["tokenizer_mismatches"] == 0
-    for key in ("served_min_cosine", "served_flipped_pairs", "served_b32_tps", "dev_f1", "torch_dev_f1"):
+    for key in ("served_min_cosine", "served_flipped_pairs", "served_flipped_clear_pairs", "served_b32_tps", "dev_f1",
+                "torch_dev_f1"):
         assert np.isfinite(metrics[key]), key
     # the lean model: the served ONNX file alone, the serving code and only the component modules it imports
     model_dir = Path(download_artifacts(f"runs:/{exported.info.run_id}/model"))

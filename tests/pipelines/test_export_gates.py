@@ -7,8 +7,10 @@ from pipelines._export_gates import Gates, choose_engine, engine_gate
 BASE = {"tokenizer_mismatches": 0.0, "fp32_max_abs_diff": 2e-6, "torch_dev_ap": 0.70}
 
 
-def int8(min_cosine=0.995, flipped=0, ap_delta=0.0):
-    return {"int8_x_min_cosine": min_cosine, "int8_x_flipped_pairs": float(flipped), "int8_x_dev_ap_delta": ap_delta,
+def int8(min_cosine=0.995, flipped=0, ap_delta=0.0, near_threshold=0):
+    """``flipped`` decisions changed off the threshold, ``near_threshold`` more within the decision margin."""
+    return {"int8_x_min_cosine": min_cosine, "int8_x_flipped_pairs": float(flipped + near_threshold),
+            "int8_x_flipped_clear_pairs": float(flipped), "int8_x_dev_ap_delta": ap_delta,
             "int8_x_dev_ap": 0.70 + ap_delta}
 
 
@@ -23,6 +25,8 @@ CASES = [
     ("one_pair_on_the_threshold", int8(flipped=1), 84, []),
     ("two_pairs_of_84", int8(flipped=2), 84, ["2 of 84 dev pairs"]),
     ("two_pairs_of_250", int8(flipped=2), 250, []),
+    ("five_on_the_threshold_one_off_it", int8(flipped=1, near_threshold=4), 134, []),
+    ("two_off_the_threshold", int8(flipped=2, near_threshold=4), 134, ["2 of 134 dev pairs scored 0.01 or more"]),
     ("dynamic_every_matmul", int8(min_cosine=0.95, flipped=0), 84, ["min cosine 0.9500 < 0.99"]),
     ("ap_moved", int8(ap_delta=-0.02), 84, ["dev AP 0.6800 vs torch 0.7000"]),
     ("all_three", int8(min_cosine=0.9, flipped=5, ap_delta=0.05), 84, ["min cosine", "5 of 84", "dev AP"]),
