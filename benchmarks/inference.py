@@ -200,11 +200,13 @@ def cli(model, student, threads, n_texts, n_requests, dev_pairs, quick, output, 
         results.update({"fp32_max_abs_diff": parity["fp32_max_abs_diff"],
                         "int8_min_cosine": parity["int8_blockwise_min_cosine"],
                         "int8_dev_f1_delta": parity["int8_blockwise_dev_f1_delta"],
-                        "torch_dev_f1": parity["torch_dev_f1"], "int8_dev_f1": parity["int8_blockwise_dev_f1"]})
+                        "torch_dev_f1": parity["torch_dev_f1"], "int8_dev_f1": parity["int8_blockwise_dev_f1"],
+                        "pairs_near_threshold": parity["pairs_near_threshold"]})
         for engine in ENGINES:
             if engine != "fp32":
                 results.update({f"{engine}_{k}": parity[f"{engine}_{k}"] for k in (
-                    "min_cosine", "dev_f1_delta", "flipped_pairs", "dev_ap_delta", "gate_passed")})
+                    "min_cosine", "dev_f1_delta", "flipped_pairs", "flipped_clear_pairs", "dev_ap_delta",
+                    "gate_passed")})
         # what `export` would serve here: the fastest engine passing the gates, timed as export times them
         speeds = {e: measure_speed(folder, dev_texts[:48], threads) for e, folder in bundles.items() if not failures[e]}
         served_engine = choose_engine("auto", failures, speeds)
@@ -268,7 +270,10 @@ def markdown(record: dict) -> str:
             cosine, flips = "1.0000", "0"
         else:
             cosine = f"{r[f'{engine}_min_cosine']:.4f}"
-            flips = f"{int(r[f'{engine}_flipped_pairs'])}, AP {r[f'{engine}_dev_ap_delta']:+.4f}"
+            clear = r.get(f"{engine}_flipped_clear_pairs")  # runs before the decision margin lack it
+            flips = (f"{int(r[f'{engine}_flipped_pairs'])}"
+                     + (f" ({int(clear)} off the threshold)" if clear is not None else "")
+                     + f", AP {r[f'{engine}_dev_ap_delta']:+.4f}")
             gate = "passes" if r[f"{engine}_gate_passed"] else "; ".join(r.get("gate_failures", {}).get(engine, [])) \
                 or "refused"
         served = " **(served)**" if engine == r.get("served_engine") else ""
@@ -276,7 +281,9 @@ def markdown(record: dict) -> str:
                     f"{r[f'onnx_{engine}_b32_tps'] / torch32:.2f}x | {cosine} | {flips} | {gate} |")
     flags = " ".join(r.get("cpu_flags", [])) or "unknown"
     head = (f"Command: `python -m benchmarks.inference --model {r['model']}` ({r['description']}; {r['threads']} "
-            f"threads, exporter {r['exporter']} opset {r['opset']}, {r['parity_pairs']} dev pairs for parity; "
+            f"threads, exporter {r['exporter']} opset {r['opset']}, {r['parity_pairs']} dev pairs for parity"
+            + (f", {int(r['pairs_near_threshold'])} of them within the decision margin of the threshold"
+               if "pairs_near_threshold" in r else "") + "; "
             f"CPU flags: {flags}).")
     return "\n".join([
         head, "",
