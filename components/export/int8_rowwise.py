@@ -148,7 +148,9 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
     calibration peak (after smoothing) that are multiplied in fp32 apart from the int8 product, as in LLM.int8()
     (Dettmers et al., 2022), so that they no longer set every row's scale; needs calibration. ``fused``: the int8
     product, its cast to float and the column scales in one ONNX Runtime kernel (``com.microsoft``
-    ``MatMulIntegerToFloat``); False keeps to standard ONNX ops (``MatMulInteger``, ``Cast``, ``Mul``).
+    ``MatMulIntegerToFloat``) and, for symmetric rows of a model at opset 18 or later, each row's quantization in
+    one ``QuantizeLinear`` (opset 21, a scale per block of a whole row; the model moves to opset 21); False keeps
+    to the ops of the model's opset (``Div``, ``Round``, ``Clip``, ``Cast``, ``MatMulInteger``, ``Mul``).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -196,6 +198,10 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
             return helper.make_node(op, [source, f"{PREFIX}/last_axis"], [target], keepdims=1)
         return helper.make_node(op, [source], [target], axes=[-1], keepdims=1)
 
+    # opset 21's QuantizeLinear takes a scale per block, here per row: symmetric rows, fused graphs, and a model
+    # whose reductions already take their axes as an input (opset >= 18), so that moving it to 21 changes no node
+    quantize_linear = fused and not asymmetric and opset >= 18
+    channels = {n.input[0]: int(weights[n.input[1]].dims[0]) for n in matmuls}
     new_initializers, quantized_inputs, replaced = list(shared), {}, {}
     rewritten = {n.name for n in matmuls}
     nodes: list[onnx.NodeProto] = []
@@ -239,11 +245,19 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
                           helper.make_node("Round", [f"{p}/low_scaled"], [f"{p}/low_rounded"]),
                           helper.make_node("Neg", [f"{p}/low_rounded"], [zero]),
                           helper.make_node("Sub", [zero, f"{PREFIX}/offset"], [row_zero])]
-            nodes += [helper.make_node("Div", [source, f"{p}/scale"], [f"{p}/scaled"]),
-                      helper.make_node("Round", [f"{p}/scaled"], [f"{p}/rounded"]),
-                      helper.make_node("Add", [f"{p}/rounded", zero], [f"{p}/shifted"]),
-                      helper.make_node("Clip", [f"{p}/shifted", f"{PREFIX}/low", f"{PREFIX}/high"], [f"{p}/clipped"]),
-                      helper.make_node("Cast", [f"{p}/clipped"], [f"{p}/uint8"], to=TensorProto.UINT8)]
+            if quantize_linear:  # one kernel: opset 21's QuantizeLinear, a scale and zero point per row (block)
+                nodes += [helper.make_node("Shape", [f"{p}/scale"], [f"{p}/row_shape"]),
+                          helper.make_node("ConstantOfShape", [f"{p}/row_shape"], [f"{p}/zero_u8"],
+                                           value=numpy_helper.from_array(np.array([128], dtype=np.uint8))),
+                          helper.make_node("QuantizeLinear", [source, f"{p}/scale", f"{p}/zero_u8"], [f"{p}/uint8"],
+                                           axis=-1, block_size=channels[x])]
+            else:
+                nodes += [helper.make_node("Div", [source, f"{p}/scale"], [f"{p}/scaled"]),
+                          helper.make_node("Round", [f"{p}/scaled"], [f"{p}/rounded"]),
+                          helper.make_node("Add", [f"{p}/rounded", zero], [f"{p}/shifted"]),
+                          helper.make_node("Clip", [f"{p}/shifted", f"{PREFIX}/low", f"{PREFIX}/high"],
+                                           [f"{p}/clipped"]),
+                          helper.make_node("Cast", [f"{p}/clipped"], [f"{p}/uint8"], to=TensorProto.UINT8)]
             quantized_inputs[x] = (f"{p}/uint8", f"{p}/scale", row_zero, outlier_values)
         x_q, x_scale, row_zero, outlier_values = quantized_inputs[x]
         w_int8, column_scale = _int8_columns(w, outliers.get(x))
@@ -280,6 +294,8 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
     graph.node.extend(nodes)
     if fused and replaced and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    if quantize_linear and replaced and opset < 21:
+        next(o for o in model.opset_import if o.domain in ("", "ai.onnx")).version = 21
     onnx.save(model, str(int8_path))
     return {"path": str(int8_path), "weight_type": "int8", "method": "rowwise", "per_channel": True,
             "smoothing_alpha": alpha if calibration else None, "asymmetric": asymmetric,

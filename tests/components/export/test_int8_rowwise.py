@@ -59,6 +59,8 @@ def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, k
     ops = [n.op_type for n in quantized.graph.node]
     assert ops.count("MatMulIntegerToFloat" if fused else "MatMulInteger") == info["quantized_matmuls"]
     assert ops.count("MatMulInteger" if fused else "MatMulIntegerToFloat") == 0
+    # the rows' quantization in one QuantizeLinear (opset 21) where the rows are symmetric and the graph fused
+    assert (ops.count("QuantizeLinear") > 0) is (fused and not asymmetric)
     split = [i for i in quantized.graph.initializer if i.name.endswith("/outlier_index")]
     assert all(len(i.dims) == 1 and i.dims[0] == outliers for i in split) and bool(split) is (outliers > 0)
     assert {n.name for n in quantized.graph.node if n.op_type == "MatMul"} >= set(keep)
@@ -71,12 +73,12 @@ def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, k
     np.testing.assert_allclose(np.linalg.norm(int8_z, axis=1), 1.0, atol=1e-4)
 
 
-def _one_matmul_model(path, weight: np.ndarray) -> None:
+def _one_matmul_model(path, weight: np.ndarray, opset: int = 17) -> None:
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "tokens", weight.shape[0]])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "tokens", weight.shape[1]])
     graph = onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "one", [x], [y],
                                    [onnx.numpy_helper.from_array(weight, "w")])
-    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)]), str(path))
 
 
 def test_an_outlier_row_does_not_flatten_the_other_rows(tmp_path):
@@ -165,3 +167,26 @@ def test_outlier_channels_go_apart_in_fp32_and_the_graph_computes_the_numpy_refe
 def test_outlier_channels_need_calibration(tmp_path):
     with pytest.raises(ValueError, match="calibration"):
         quantize_int8_rowwise(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", outlier_channels=4)
+
+
+@pytest.mark.parametrize("opset", [17, 18, 21])
+def test_fused_and_standard_graphs_compute_the_numpy_reference(tmp_path, opset):
+    """From opset 18 the rows are quantized by one QuantizeLinear (opset 21, a block per row) and multiplied by
+    MatMulIntegerToFloat; both compute what ``_rowwise_product`` does, as the standard ops do."""
+    from components.export.int8_rowwise import _int8_columns, _rowwise_product
+
+    rng = np.random.default_rng(4)
+    weight = rng.normal(size=(64, 48)).astype(np.float32)
+    _one_matmul_model(tmp_path / "fp32.onnx", weight, opset)
+    x = rng.normal(size=(4, 6, 64)).astype(np.float32)
+    x[0, 0] *= 50.0
+    ours = _rowwise_product(x.reshape(-1, 64), *_int8_columns(weight))
+    for fused in (True, False):
+        path = tmp_path / f"{fused}.onnx"
+        quantize_int8_rowwise(tmp_path / "fp32.onnx", path, fused=fused)
+        graph = onnx.load(str(path))
+        ops = {n.op_type for n in graph.graph.node}
+        assert ("QuantizeLinear" in ops) is (fused and opset >= 18)
+        assert max(o.version for o in graph.opset_import if o.domain == "") == (21 if fused and opset >= 18 else opset)
+        y = ort_session(path, threads=1).run(["y"], {"x": x})[0].reshape(-1, 48)
+        np.testing.assert_allclose(y, ours, atol=2e-3 * np.abs(ours).max())
