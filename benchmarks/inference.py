@@ -252,6 +252,7 @@ def cli(model, student, threads, n_texts, n_requests, dev_pairs, quick, output, 
 
 ENGINE_LABELS = {"fp32": "ONNX fp32", "int8_rowwise": "int8 `rowwise` (per-row scales, smoothed)",
                  "int8_rowwise_asym": "int8 `rowwise_asym` (per-row scales and zero points, smoothed)",
+                 "int8_rowwise_outliers": "int8 `rowwise_outliers` (per-row scales, 16 channels per input fp32)",
                  "int8_blockwise": "int8 `blockwise` (MatMulNBits, blocks of 32)",
                  "int8_dynamic": "int8 `dynamic` (per tensor, down_proj fp32)"}
 

@@ -390,7 +390,7 @@ def cli(**o) -> dict:
             figures = (f"max abs diff {metrics['fp32_max_abs_diff']:.2e}" if engine == "fp32" else
                        f"min cosine {metrics[f'{engine}_min_cosine']:.4f}, "
                        f"{int(metrics[f'{engine}_flipped_pairs'])} decisions changed "
-                       f"({int(metrics[f'{engine}_flipped_clear_pairs'])} of pairs off the threshold), "
+                       f"({int(metrics[f'{engine}_flipped_clear_pairs'])} off the threshold), "
                        f"AP {metrics[f'{engine}_dev_ap_delta']:+.4f}")
             speed = f", {speeds[engine]:.1f} texts/s" if engine in speeds else ""
             verdict = "; ".join(failures[engine]) if failures[engine] else "passes"
