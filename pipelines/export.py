@@ -73,8 +73,8 @@ ENGINES: dict[str, dict] = {
 SERVE_CHOICES = ("auto", "int8", *ENGINES)  # int8: the int8 engine of --int8-method
 PIP_REQUIREMENTS = ["onnxruntime", "tokenizers", "numpy", "pandas"]
 GATE_METRICS = ("fp32_max_abs_diff", "served_min_cosine", "served_flipped_pairs", "served_flipped_clear_pairs",
-                "served_dev_ap_delta",
-                "served_dev_f1_delta", "served_b32_tps", "dev_f1", "torch_dev_f1", "tokenizer_mismatches")
+                "served_dev_ap_delta", "served_dev_f1_delta", "served_b32_tps", "dev_f1", "torch_dev_f1",
+                "tokenizer_mismatches")
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
