@@ -271,10 +271,8 @@ def markdown(record: dict) -> str:
             cosine, flips = "1.0000", "0"
         else:
             cosine = f"{r[f'{engine}_min_cosine']:.4f}"
-            clear = r.get(f"{engine}_flipped_clear_pairs")  # runs before the decision margin lack it
-            flips = (f"{int(r[f'{engine}_flipped_pairs'])}"
-                     + (f" ({int(clear)} off the threshold)" if clear is not None else "")
-                     + f", AP {r[f'{engine}_dev_ap_delta']:+.4f}")
+            flips = (f"{int(r[f'{engine}_flipped_pairs'])} ({int(r[f'{engine}_flipped_clear_pairs'])} off the "
+                     f"threshold), AP {r[f'{engine}_dev_ap_delta']:+.4f}")
             gate = "passes" if r[f"{engine}_gate_passed"] else "; ".join(r.get("gate_failures", {}).get(engine, [])) \
                 or "refused"
         served = " **(served)**" if engine == r.get("served_engine") else ""
@@ -282,9 +280,8 @@ def markdown(record: dict) -> str:
                     f"{r[f'onnx_{engine}_b32_tps'] / torch32:.2f}x | {cosine} | {flips} | {gate} |")
     flags = " ".join(r.get("cpu_flags", [])) or "unknown"
     head = (f"Command: `python -m benchmarks.inference --model {r['model']}` ({r['description']}; {r['threads']} "
-            f"threads, exporter {r['exporter']} opset {r['opset']}, {r['parity_pairs']} dev pairs for parity"
-            + (f", {int(r['pairs_near_threshold'])} of them within the decision margin of the threshold"
-               if "pairs_near_threshold" in r else "") + "; "
+            f"threads, exporter {r['exporter']} opset {r['opset']}, {r['parity_pairs']} dev pairs for parity, "
+            f"{int(r['pairs_near_threshold'])} of them within the decision margin of the threshold; "
             f"CPU flags: {flags}).")
     return "\n".join([
         head, "",

@@ -225,7 +225,7 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
                 source = f"{p}/smoothed"
             outlier_values = None
             if x in outliers:  # the outlier channels go apart in fp32; the rest, with zeros there, to int8
-                mask = np.ones(len(factors[x]), dtype=np.float32)
+                mask = np.ones(channels[x], dtype=np.float32)
                 mask[outliers[x]] = 0.0
                 outlier_values = f"{p}/outlier_values"
                 new_initializers += [_constant(f"{p}/inlier_mask", mask), _constant(f"{p}/outlier_index", outliers[x])]
@@ -275,7 +275,7 @@ def quantize_int8_rowwise(fp32_path: str | Path, int8_path: str | Path,
                       helper.make_node("Cast", [f"{q}/int32"], [f"{q}/float"], to=TensorProto.FLOAT),
                       helper.make_node("Mul", [f"{q}/float", f"{q}/scale"], [f"{q}/product"])]
         product = f"{q}/product"
-        if row_zero is not None:  # MatMulInteger subtracted 128 from every value; the row's own zero point instead
+        if row_zero is not None:  # the int8 product subtracted 128 from every value; the row's own zero point instead
             new_initializers.append(_constant(f"{q}/colsum", w_int8.sum(axis=0, dtype=np.float32) * column_scale))
             nodes += [helper.make_node("Mul", [row_zero, f"{q}/colsum"], [f"{q}/correction"]),
                       helper.make_node("Sub", [product, f"{q}/correction"], [f"{q}/centred"])]
