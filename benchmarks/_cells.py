@@ -34,14 +34,19 @@ def cell_key(dataset: str, variant: str, seed: int, settings_hash: str) -> str:
 
 
 class CellStore:
-    """``{key: record}`` in one JSON file; :meth:`put` rewrites it atomically after every cell."""
+    """``{key: record}`` in JSON, rewritten atomically after every cell (:meth:`put`).
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    ``path`` is one file, or, with ``shard=True``, a folder holding one file per key's first segment (the dataset):
+    a benchmark keeping every dev and test score of each run outgrows one file under the repository's 2 MiB limit.
+    """
+
+    def __init__(self, path: str | Path, *, shard: bool = False) -> None:
+        self.path, self.shard = Path(path), shard
         self.cells: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            self.cells = dict(data.get("cells", {}))
+        files = sorted(self.path.glob("*.json")) if shard else [self.path]
+        for file in files:
+            if file.is_file():
+                self.cells.update(json.loads(file.read_text(encoding="utf-8")).get("cells", {}))
 
     def __contains__(self, key: str) -> bool:
         return key in self.cells
@@ -49,17 +54,20 @@ class CellStore:
     def get(self, key: str) -> dict[str, Any] | None:
         return self.cells.get(key)
 
+    def file_of(self, key: str) -> Path:
+        return self.path / f"{key.split('/', 1)[0]}.json" if self.shard else self.path
+
     def put(self, key: str, record: dict[str, Any]) -> None:
         self.cells[key] = record
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        # one cell per line, compact: a new cell is a one-line diff, and the headline's scores (every dev and test
-        # pair of 70+ runs) stay well under the repository's 2 MiB per file
-        lines = [f"{json.dumps(key)}: {json.dumps(self.cells[key], sort_keys=True, separators=(',', ':'))}"
-                 for key in sorted(self.cells)]
+        target = self.file_of(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        # one cell per line, compact: a new cell is a one-line diff
+        lines = [f"{json.dumps(k)}: {json.dumps(self.cells[k], sort_keys=True, separators=(',', ':'))}"
+                 for k in sorted(self.cells) if self.file_of(k) == target]
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write('{"cells": {\n' + ",\n".join(lines) + "\n}}\n")
-        os.replace(temp, self.path)
+        os.replace(temp, target)
 
 
 class Budget:

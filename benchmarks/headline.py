@@ -20,9 +20,9 @@ Reported on test: F1 at the dev threshold, AP and ROC-AUC per seed (mean ± std)
 (each pair's score averaged over the seeds, its threshold chosen on dev the same way) F1 with a paired bootstrap
 95% interval over test pairs of flip minus teacher_finetuned and flip minus sup_only.
 
-Cells are stored the moment they finish (``benchmarks/results/headline_cells.json``: figures and every dev/test
-score, keyed by dataset, variant, seed and settings hash) and skipped by a later run with the same settings, so the
-table fills over several sittings; RESULTS.md names the cells still missing.
+Cells are stored the moment they finish (``benchmarks/results/headline_cells/<dataset>.json``: figures and every
+dev/test score, keyed by dataset, variant, seed and settings hash) and skipped by a later run with the same settings,
+so the table fills over several sittings; RESULTS.md names the cells still missing.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from components.teacher.finetune import TeacherFinetuneConfig
 from components.training.trainer import TrainConfig
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-CELLS_FILE, SUMMARY_FILE = RESULTS_DIR / "headline_cells.json", RESULTS_DIR / "headline.json"
+CELLS_DIR, SUMMARY_FILE = RESULTS_DIR / "headline_cells", RESULTS_DIR / "headline.json"
 EXPERIMENT = "flipkd-benchmark"
 COUNTS = {"banking77": {"max_train": 2000, "max_dev": 600, "max_test": 1600},
           "mediqa2019_rqe": {"max_train": 2000, "max_dev": 600, "max_test": None},
@@ -379,7 +379,7 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_c
     apply_overrides({"encoder": encoder, "loss": loss, "train": train}, list(overrides))
     settings = Settings(encoder, loss, train, tuple(best))
     settings.student("flip_best")  # a bad --best key fails here, before any work
-    store = CellStore(CELLS_FILE)
+    store = CellStore(CELLS_DIR, shard=True)
     seeds = SEEDS[:seed_count]
     clock = Budget(parse_budget(budget) if budget else None)
     command = "python -m benchmarks.headline" + "".join(f" --best {b}" for b in best) + "".join(
