@@ -181,6 +181,7 @@ def test_decision_rule():
     (["--faq", "faq_invisible.csv"], "row 2, field 'text': empty or non-text FAQ text"),
     (["--top-k", "0"], "top-k"),
     (["--dev", "nope.jsonl"], "no such file"),
+    (["--calibration", "nope.csv"], "no such file"),
 ])
 def test_export_bad_input_is_exit_2_before_any_run(mlflow_env, tmp_path, args, match):
     (tmp_path / "faq_no_text.csv").write_text("faq_id,question\n1,hello\n")
@@ -270,6 +271,7 @@ def test_train_export_promote_serve(mlflow_env, tiny_model_args, tmp_path):
     result, auto = run_export(client, "--model", first, "--int8-min-cosine", "1.0", "--speed-texts", "8")
     assert result.exit_code == 0, result.output
     assert auto.data.tags["flipkd.served_engine"] == "fp32" and auto.data.params["engines"] == ",".join(export.ENGINES)
+    assert auto.data.params["calibration"] == "demo train split" and int(auto.data.params["calibration_texts"]) > 0
     assert all(auto.data.metrics[f"{e}_gate_passed"] == 0 for e in export.ENGINES if e != "fp32")
     assert set(k[:-len("_tps")] for k in auto.data.metrics if k.endswith("_tps") and k != "served_b32_tps") == {
         "fp32"}  # only the engines that passed were timed
