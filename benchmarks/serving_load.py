@@ -294,7 +294,12 @@ def _served_engine(mlflow, uri: str) -> str | None:
         info = mlflow.models.get_model_info(uri)
     except Exception as err:  # any failure here means there is no model to serve
         raise click.ClickException(f"cannot resolve {uri} in {mlflow.get_tracking_uri()}: {str(err)[:300]}") from None
-    return mlflow.MlflowClient().get_run(info.run_id).data.tags.get("flipkd.served_engine") if info.run_id else None
+    try:
+        return mlflow.MlflowClient().get_run(info.run_id).data.tags.get("flipkd.served_engine") if info.run_id else None
+    except mlflow.exceptions.MlflowException:
+        # a model folder logged under another tracking store: the engine its serving config names
+        configs = sorted(Path(uri).glob("artifacts/*/flipkd_serving.json")) if Path(uri).is_dir() else []
+        return json.loads(configs[0].read_text(encoding="utf-8")).get("engine") if configs else None
 
 
 def _demo_texts() -> list[str]:
@@ -321,8 +326,8 @@ OLD_SETTINGS = {"workers": 1, "threads": 1, "batching": False}  # the serve sett
 @click.option("--only-new", is_flag=True, help="Measure the new settings alone (a trial; nothing written).")
 @click.option("--old-model-uri", default=None,
               help="The model today's settings serve (default: --model-uri), e.g. one exported with --serve "
-                   "int8_blockwise, the engine export served before; then today's settings are also measured on "
-                   "--model-uri.")
+                   "int8_blockwise, the engine export served before, or a logged model's folder from another "
+                   "tracking store; then today's settings are also measured on --model-uri.")
 @click.option("--budget", type=click.FloatRange(min=1), default=900.0, show_default=True,
               help="Seconds per setting after which no new request is started (the rest count as errors).")
 @click.option("--quick", is_flag=True, help="A functional check: 100 requests, nothing written.")
