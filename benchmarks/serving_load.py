@@ -289,17 +289,18 @@ def write_results(record: dict, output: Path) -> None:
 
 
 def _served_engine(mlflow, uri: str) -> str | None:
-    """The engine an export logged for the model at ``uri`` (None for a model without the tag)."""
+    """The engine an export logged for the model at ``uri`` (None for a model without the tag); for a model's
+    folder, the engine its serving config names (it may come from another tracking store)."""
+    if Path(uri).is_dir():
+        configs = sorted(Path(uri).glob("artifacts/*/flipkd_serving.json"))
+        if not configs:
+            raise click.ClickException(f"{uri} holds no flipkd model (no artifacts/*/flipkd_serving.json)")
+        return json.loads(configs[0].read_text(encoding="utf-8")).get("engine")
     try:
         info = mlflow.models.get_model_info(uri)
     except Exception as err:  # any failure here means there is no model to serve
         raise click.ClickException(f"cannot resolve {uri} in {mlflow.get_tracking_uri()}: {str(err)[:300]}") from None
-    try:
-        return mlflow.MlflowClient().get_run(info.run_id).data.tags.get("flipkd.served_engine") if info.run_id else None
-    except mlflow.exceptions.MlflowException:
-        # a model folder logged under another tracking store: the engine its serving config names
-        configs = sorted(Path(uri).glob("artifacts/*/flipkd_serving.json")) if Path(uri).is_dir() else []
-        return json.loads(configs[0].read_text(encoding="utf-8")).get("engine") if configs else None
+    return mlflow.MlflowClient().get_run(info.run_id).data.tags.get("flipkd.served_engine") if info.run_id else None
 
 
 def _demo_texts() -> list[str]:
