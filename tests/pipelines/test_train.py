@@ -16,7 +16,8 @@ def run_ids(client):
 
 
 def test_train_logs_everything_a_run_needs(mlflow_env, tiny_model_args):
-    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--w-dist", "2.5", "--margin-rule", "fixed"])
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--w-dist", "2.5", "--margin-rule", "fixed",
+                                                                     "--filter"])
     assert result.exit_code == 0, result.output
     assert "look: mlflow ui" in result.output
     (run_id,) = run_ids(mlflow_env)
@@ -177,9 +178,10 @@ def test_lora_layers_must_be_a_count_or_all(mlflow_env, tiny_model_args, value):
     assert result.exit_code == 2 and "a number of blocks >= 1 or 'all'" in result.output
 
 
-@pytest.mark.parametrize("extra, reason", [(["--no-filter"], "--no-filter"), (["--loss-parts", "sup"],
-                                                                            "--loss-parts sup"), ([], None)],
-                         ids=["no-filter", "sup-only", "filter-applies"])
+@pytest.mark.parametrize("extra, reason", [([], "--no-filter, the default"), (["--no-filter"], "--no-filter"),
+                                            (["--filter", "--loss-parts", "sup"], "--loss-parts sup"),
+                                            (["--filter"], None)],
+                         ids=["default-off", "no-filter", "sup-only", "filter-applies"])
 def test_the_filter_share_is_reported_only_when_the_filter_acts(mlflow_env, tiny_model_args, extra, reason):
     result = CliRunner().invoke(train.cli, tiny_model_args + FAST + extra)
     assert result.exit_code == 0, result.output
