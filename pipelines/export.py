@@ -148,9 +148,10 @@ def calibration_texts(calibration: str | None, dev: str | None, dev_texts: list[
     """Texts the int8 engines are calibrated on (smoothing, outlier channels, worst MatMuls) and where they came from.
 
     Held out from the gates' dev texts where there is anything to hold out: a gate measured on the quantizer's own
-    calibration texts flatters it (the demo student's ``int8_rowwise``: min cosine 0.9918 on the dev texts it was
-    calibrated on, 0.9860 on others). ``--calibration`` (a pair file, such as the training file), else the demo's
-    train split when ``--dev`` is the demo's, else, as a last resort, ``--dev``'s own texts (in-sample)."""
+    calibration texts flatters it (a demo student's ``int8_rowwise`` on the same 134 dev pairs: min cosine 0.9918
+    calibrated on their texts, 0.9883 calibrated on the demo train split). ``--calibration`` (a pair file, such as
+    the training file), else the demo's train split when ``--dev`` is the demo's, else, as a last resort, ``--dev``'s
+    own texts (in-sample)."""
     if calibration:
         frame, source = read_pairs(calibration), calibration
     elif not dev:
