@@ -47,7 +47,7 @@ from components.student.lora_encoder import EncoderConfig, LoraEncoder
 from pipelines import _mlflow
 from pipelines._export_gates import Gates, check_parity, choose_engine, measure_speed
 from pipelines.evaluate import load_trained_encoder
-from pipelines.export import ENGINES, Faq, Limits, add_faq, export_engines, pyfunc_arguments
+from pipelines.export import ENGINES, Faq, Limits, add_faq, export_engines, held_out_texts, pyfunc_arguments
 from serving.onnx_pyfunc import BATCHING_ENV, THREADS_ENV, OnnxTextEncoder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
@@ -64,9 +64,7 @@ def _texts_and_dev(n_texts: int, n_dev: int):
     dev["match"] = (dev["label"] >= 0.5).astype(int)
     faq_texts = list(dict.fromkeys(frame["text_b"]))[:40]
     # int8 calibration on texts the parity pairs do not hold, as export calibrates (held out from its gates)
-    seen = {*dev["text_a"], *dev["text_b"]}
-    held_out = [t for t in texts if t not in seen]
-    calibration = [held_out[i] for i in sorted(rng.permutation(len(held_out))[:256])]
+    calibration = held_out_texts(texts, [*dev["text_a"], *dev["text_b"]], seed=0)
     return chosen, dev, Faq([f"faq-{i}" for i in range(len(faq_texts))], faq_texts), calibration
 
 

@@ -133,38 +133,43 @@ def read_faq(path: str | Path) -> Faq:
     return Faq(ids, texts)
 
 
+CALIBRATION_TEXTS = 256
+
+
 def demo_splits(work: Path, seed: int) -> dict[str, pd.DataFrame]:
+    """The embedded demo's splits: its dev split is the default ``--dev``, its train split the default calibration."""
     args = DataArgs(None, None, None, None, "text_a", "text_b", "label", (0.0, 1.0), None, 0.15, 0.15)
     return load_splits(args, work, seed)
 
 
-def dev_frame(dev: str | None, work: Path, seed: int) -> pd.DataFrame:
-    """The pairs of ``--dev``, or the embedded demo's dev split."""
-    return read_pairs(dev) if dev else demo_splits(work, seed)["dev"]
+def held_out_texts(texts: list[str], dev_texts: list[str], seed: int, limit: int = CALIBRATION_TEXTS) -> list[str]:
+    """At most ``limit`` distinct ``texts`` that are not dev texts, drawn with ``seed``, in their first order."""
+    seen = set(dev_texts)
+    kept = [t for t in dict.fromkeys(texts) if t not in seen]
+    order = np.random.default_rng(seed).permutation(len(kept))[:limit]
+    return [kept[i] for i in sorted(order)]
 
 
-def calibration_texts(calibration: str | None, dev: str | None, dev_texts: list[str], work: Path, seed: int,
+def calibration_texts(calibration: str | None, demo_train: pd.DataFrame | None, dev_texts: list[str], seed: int,
                       limit: int) -> tuple[list[str], str]:
     """Texts the int8 engines are calibrated on (smoothing, outlier channels, worst MatMuls) and where they came from.
 
     Held out from the gates' dev texts where there is anything to hold out: a gate measured on the quantizer's own
     calibration texts flatters it (a demo student's ``int8_rowwise`` on the same 134 dev pairs: min cosine 0.9918
     calibrated on their texts, 0.9883 calibrated on the demo train split). ``--calibration`` (a pair file, such as
-    the training file), else the demo's train split when ``--dev`` is the demo's, else, as a last resort, ``--dev``'s
-    own texts (in-sample)."""
+    the training file), else the demo's train split (``demo_train``, given when ``--dev`` is the demo's), else, as a
+    last resort, ``--dev``'s own texts (in-sample)."""
     if calibration:
         frame, source = read_pairs(calibration), calibration
-    elif not dev:
-        frame, source = demo_splits(work, seed)["train"], "demo train split"
+    elif demo_train is not None:
+        frame, source = demo_train, "demo train split"
     else:
         return dev_texts[:limit], "dev (in-sample)"
-    seen = set(dev_texts)
-    texts = [t for t in dict.fromkeys([*frame["text_a"], *frame["text_b"]]) if t not in seen]
+    texts = held_out_texts([*frame["text_a"], *frame["text_b"]], dev_texts, seed, limit)
     if not texts:
         raise DataError("no text that is not also a --dev text: the int8 gates need calibration texts they do not "
                         "measure", file=source)
-    order = np.random.default_rng(seed).permutation(len(texts))[:limit]
-    return [texts[i] for i in sorted(order)], source
+    return texts, source
 
 
 def source_run_id(model: str) -> str | None:
@@ -333,7 +338,7 @@ def _positive_or_none(ctx, param, value):
         help="Pair file (such as the training file) whose texts calibrate the int8 engines, held out from --dev so "
              "the gates measure texts the quantizer never saw (default: the demo train split when --dev is not "
              "given; with --dev alone, --dev's own texts, in-sample, with a warning).")
-@option("--calibration-texts", type=click.IntRange(min=1), default=256,
+@option("--calibration-texts", type=click.IntRange(min=1), default=CALIBRATION_TEXTS,
         help="At most this many distinct calibration texts (drawn with --seed).")
 @option("--serve", type=click.Choice(SERVE_CHOICES), default="auto",
         help="auto: measure every engine that passes its gates on --speed-texts dev texts and serve the fastest; "
@@ -379,10 +384,11 @@ def cli(**o) -> dict:
                   o["ap_tolerance"], o["decision_margin"])
     limits = Limits(o["top_k"], o["max_rows"], o["max_chars"], o["on_long_text"])
     with _mlflow.run("export", o["experiment"]) as active, _mlflow.scratch_dir() as work:
-        dev = dev_frame(o["dev"], work, o["seed"])
+        demo = None if o["dev"] else demo_splits(work, o["seed"])  # the default dev pairs and calibration texts
+        dev = demo["dev"] if demo else read_pairs(o["dev"])
         texts = list(dict.fromkeys([*dev["text_a"], *dev["text_b"]]))
-        calibration, calibration_source = calibration_texts(o["calibration"], o["dev"], texts, work, o["seed"],
-                                                            o["calibration_texts"])
+        calibration, calibration_source = calibration_texts(o["calibration"], demo["train"] if demo else None, texts,
+                                                            o["seed"], o["calibration_texts"])
         if calibration_source == "dev (in-sample)":
             click.echo("warning: the int8 engines are calibrated on the --dev texts their gates measure (in-sample, "
                        "the gates flatter them); pass --calibration with the training file for a held-out check",
