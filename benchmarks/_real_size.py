@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 
 from benchmarks.datasets import DEFAULT_DATA_ROOT, build
+from components.data.augment import AugmentConfig
 from components.losses.composite_loss import LossConfig
 from components.student.lora_encoder import EncoderConfig
 from components.training.trainer import TrainConfig
@@ -42,7 +43,7 @@ def deciles(values: list[float]) -> list[float]:
 
 def train_cell(name: str, splits: dict, encoder: EncoderConfig, loss: LossConfig, train: TrainConfig,
                teacher_dir: Path, cache_dir: str | None, experiment: str, tags: dict[str, str],
-               no_filter: bool = False) -> dict[str, Any]:
+               no_filter: bool = False, augment: AugmentConfig | None = None) -> dict[str, Any]:
     """One student run as a nested MLflow run ``name``: figures, scores per split, guard, curves, seconds."""
     from mlflow.tracking import MlflowClient
 
@@ -53,10 +54,12 @@ def train_cell(name: str, splits: dict, encoder: EncoderConfig, loss: LossConfig
     with _mlflow.run(name, experiment, nested=True) as child:
         mlflow.set_tags(tags)
         _mlflow.log_params({"encoder": encoder.to_dict(), "loss": loss.to_dict(), "train": train.to_dict(),
-                            "filter": {"disabled": no_filter}})
+                            "filter": {"disabled": no_filter},
+                            "extra_pairs": dataclasses.asdict(augment) if augment else {"per_pair": 0}})
         result = train_student(splits, student="smollm2-135m", teacher=str(teacher_dir), cache_dir=cache_dir,
                                encoder_config=dataclasses.replace(encoder), loss_config=loss, train_config=train,
-                               filter_scope="teacher_terms", no_filter=no_filter, progress=False, log=True)
+                               filter_scope="teacher_terms", no_filter=no_filter, progress=False, log=True,
+                               augment=augment)
         run_id = child.info.run_id
     client = MlflowClient()
     run = client.get_run(run_id)

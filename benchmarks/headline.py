@@ -40,6 +40,7 @@ from benchmarks import _results
 from benchmarks._cells import Budget, CellStore, cell_key, parse_budget
 from benchmarks._real_size import build_real, train_cell
 from benchmarks.datasets import DATASETS
+from components.data.augment import AugmentConfig
 from components.losses.composite_loss import LossConfig
 from components.metrics import average_precision, best_f1_threshold, classification_metrics, roc_auc
 from components.models import TEACHER_DEFAULT
@@ -70,30 +71,49 @@ class Settings:
     train: TrainConfig
     best: tuple[str, ...]
     teacher: str = TEACHER_DEFAULT
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+
+    def _configs(self, variant: str) -> dict[str, Any]:
+        from benchmarks._quality_plan import apply_overrides
+
+        configs = {"encoder": dataclasses.replace(self.encoder), "loss": dataclasses.replace(self.loss),
+                   "train": dataclasses.replace(self.train), "augment": dataclasses.replace(self.augment)}
+        if variant == "flip_best":
+            apply_overrides(configs, list(self.best))
+        configs["loss"] = dataclasses.replace(configs["loss"], parts=STUDENTS[variant])
+        return configs
 
     def student(self, variant: str) -> tuple[EncoderConfig, LossConfig, TrainConfig]:
         """The configs of one student variant (``flip_best`` adds the ``--best`` settings)."""
-        from benchmarks._quality_plan import apply_overrides
+        configs = self._configs(variant)
+        return configs["encoder"], configs["loss"], configs["train"]
 
-        encoder, loss, train = (dataclasses.replace(c) for c in (self.encoder, self.loss, self.train))
-        if variant == "flip_best":
-            apply_overrides({"encoder": encoder, "loss": loss, "train": train}, list(self.best))
-        return encoder, dataclasses.replace(loss, parts=STUDENTS[variant]), train
+    def extra_pairs(self, variant: str) -> AugmentConfig | None:
+        """Teacher-labelled extra pairs of one variant (``per_pair``, ``neighbour_share``, ``positive_threshold``),
+        or None; never for sup_only, which has no term to learn from them."""
+        augment = self._configs(variant)["augment"]
+        return augment if augment.per_pair > 0 and "dist" in STUDENTS[variant] else None
 
     def student_hash(self, variant: str, teacher_epochs: int) -> str:
         encoder, loss, train = self.student(variant)
         data = {"encoder": encoder.to_dict(), "loss": loss.to_dict(),
                 "train": {k: v for k, v in train.to_dict().items() if k != "seed"}, "teacher": self.teacher,
                 "teacher_epochs": teacher_epochs}
+        augment = self.extra_pairs(variant)
+        if augment is not None:  # only then: the cells stored before this option keep their hashes
+            data["extra_pairs"] = {k: v for k, v in dataclasses.asdict(augment).items() if k != "seed"}
         return _hash(data)
 
     def brief(self, variant: str) -> str:
         encoder, loss, train = self.student(variant)
+        augment = self.extra_pairs(variant)
         steps = f"{train.max_steps} steps" if train.max_steps else f"{train.epochs:g} epochs"
         return (f"lr {train.learning_rate:g}, {steps} of {train.batch_size}, clip {train.clip_mode} "
                 f"{train.clip_value:g}, w {loss.w_sup:g}/{loss.w_dist:g}/{loss.w_mcl:g}, tau {loss.temperature:g}, "
                 f"rank {encoder.rank}, "
                 f"LoRA blocks {encoder.lora_layers or 'all'}, precision {train.precision}"
+                + (f", extra pairs {augment.per_pair:g} per pair ({augment.neighbour_share:.0%} neighbours)"
+                   if augment else "")
                 + (f"; best: {', '.join(self.best)}" if variant == "flip_best" and self.best else ""))
 
 
@@ -168,9 +188,11 @@ def student_cell(dataset: str, splits: dict, settings: Settings, variant: str, s
                  cache_dir: str | None) -> dict:
     encoder, loss, train = settings.student(variant)
     train = dataclasses.replace(train, seed=seed)
+    augment = settings.extra_pairs(variant)
     cell = train_cell(f"{dataset}/{variant}/seed{seed}", splits, encoder, loss, train, Path(teacher_dir), cache_dir,
                       EXPERIMENT, {"flipkd.benchmark": "headline", "benchmark.dataset": dataset,
-                                   "benchmark.variant": variant, "benchmark.seed": str(seed)})
+                                   "benchmark.variant": variant, "benchmark.seed": str(seed)},
+                      augment=augment and dataclasses.replace(augment, seed=seed))
     cell["scores"] = {k: np.round(v, 6).tolist() for k, v in cell["scores"].items()}
     cell["brief"] = settings.brief(variant)
     return cell
@@ -359,7 +381,8 @@ def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> 
 @click.option("--best", multiple=True, metavar="KEY=VALUE",
               help="The flip setting chosen on dev (flip_best = train's defaults plus these); repeatable.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Settings of every student (EncoderConfig, LossConfig, TrainConfig fields); repeatable.")
+              help="Settings of every student (EncoderConfig, LossConfig, TrainConfig fields; AugmentConfig's "
+                   "per_pair, neighbour_share, positive_threshold: teacher-labelled extra pairs); repeatable.")
 @click.option("--seeds", "seed_count", type=click.IntRange(1, len(SEEDS)), default=len(SEEDS), show_default=True,
               help="Run the students of the first N seeds only (a trial of a --best setting on dev); the table "
                    "always asks for all of them and names the missing cells.")
@@ -375,9 +398,9 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_c
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     if not names or set(names) - set(DATASETS):
         raise click.BadParameter(f"a comma list of {', '.join(DATASETS)}", param_hint="--datasets")
-    encoder, loss, train = EncoderConfig(), LossConfig(), TrainConfig()
-    apply_overrides({"encoder": encoder, "loss": loss, "train": train}, list(overrides))
-    settings = Settings(encoder, loss, train, tuple(best))
+    encoder, loss, train, augment = EncoderConfig(), LossConfig(), TrainConfig(), AugmentConfig()
+    apply_overrides({"encoder": encoder, "loss": loss, "train": train, "augment": augment}, list(overrides))
+    settings = Settings(encoder, loss, train, tuple(best), augment=augment)
     settings.student("flip_best")  # a bad --best key fails here, before any work
     store = CellStore(CELLS_DIR, shard=True)
     seeds = SEEDS[:seed_count]
