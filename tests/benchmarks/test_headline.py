@@ -104,3 +104,20 @@ def tried_count(store: CellStore, brief: str) -> int:
     labels = {"d": {"dev": np.zeros(3, bool), "test": np.zeros(3, bool)}}
     tried = settings_tried(store, labels)
     return sum(len(v) for k, per in tried.items() if k.endswith(f": {brief}") for v in per.values())
+
+
+def test_extra_pairs_reach_the_flip_variants_only_and_change_their_key_only_when_used():
+    plain = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ())
+    unused = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ("per_pair=0",))
+    grown = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ("per_pair=1", "neighbour_share=1"))
+    assert plain.extra_pairs("flip_best") is None and unused.extra_pairs("flip_best") is None
+    augment = grown.extra_pairs("flip_best")
+    assert augment is not None and (augment.per_pair, augment.neighbour_share) == (1.0, 1.0)
+    assert "extra pairs 1 per pair (100% neighbours)" in grown.brief("flip_best")
+    assert grown.extra_pairs("sup_only") is None and grown.extra_pairs("flip_full") is None  # --best: flip_best only
+    # a stored cell keeps its key when the option is not used; using it makes another run
+    assert unused.student_hash("flip_best", 2) == plain.student_hash("flip_best", 2)
+    assert grown.student_hash("flip_best", 2) != plain.student_hash("flip_best", 2)
+    assert grown.student_hash("sup_only", 2) == plain.student_hash("sup_only", 2)
+    with pytest.raises(Exception, match="per_pair"):
+        Settings(EncoderConfig(), LossConfig(), TrainConfig(), ("per_pair=-1",)).student("flip_best")
