@@ -184,7 +184,8 @@ def _convert(value: str, default: Any) -> Any:
 
 
 def apply_overrides(configs: dict[str, Any], pairs: Sequence[str]) -> None:
-    """``KEY=VALUE`` or ``SECTION.KEY=VALUE`` (sections: encoder, loss, train, teacher_finetune) in place."""
+    """``KEY=VALUE`` or ``SECTION.KEY=VALUE`` in place; the sections are the keys of ``configs`` (quality: encoder,
+    loss, train, teacher_finetune; headline: encoder, loss, train, augment)."""
     for item in pairs:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
