@@ -36,14 +36,15 @@ def cell_key(dataset: str, variant: str, seed: int, settings_hash: str) -> str:
 class CellStore:
     """``{key: record}`` in JSON, rewritten atomically after every cell (:meth:`put`).
 
-    ``path`` is one file, or, with ``shard=True``, a folder holding one file per key's first segment (the dataset):
-    a benchmark keeping every dev and test score of each run outgrows one file under the repository's 2 MiB limit.
+    ``path`` is one file, or, with ``shard=True``, a folder of one subfolder per dataset holding one file per
+    variant and settings hash (``banking77/flip_best-0d63d5e95559.json``: the seeds of one setting): a benchmark
+    keeping every dev and test score of each run outgrows a file per dataset under the repository's 2 MiB limit.
     """
 
     def __init__(self, path: str | Path, *, shard: bool = False) -> None:
         self.path, self.shard = Path(path), shard
         self.cells: dict[str, dict[str, Any]] = {}
-        files = sorted(self.path.glob("*.json")) if shard else [self.path]
+        files = sorted(self.path.glob("*/*.json")) if shard else [self.path]
         for file in files:
             if file.is_file():
                 self.cells.update(json.loads(file.read_text(encoding="utf-8")).get("cells", {}))
@@ -55,7 +56,10 @@ class CellStore:
         return self.cells.get(key)
 
     def file_of(self, key: str) -> Path:
-        return self.path / f"{key.split('/', 1)[0]}.json" if self.shard else self.path
+        if not self.shard:
+            return self.path
+        dataset, variant, _, settings_hash = key.split("/")
+        return self.path / dataset / f"{variant}-{settings_hash}.json"
 
     def put(self, key: str, record: dict[str, Any]) -> None:
         self.cells[key] = record

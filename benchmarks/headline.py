@@ -22,9 +22,9 @@ Reported on test: F1 at the dev threshold, AP and ROC-AUC per seed (mean ± std)
 (each pair's score averaged over the seeds, its threshold chosen on dev the same way) F1 with a paired bootstrap
 95% interval over test pairs of flip minus teacher_finetuned and flip minus sup_only.
 
-Cells are stored the moment they finish (``benchmarks/results/headline_cells/<dataset>.json``: figures and every
-dev/test score, keyed by dataset, variant, seed and settings hash) and skipped by a later run with the same settings,
-so the table fills over several sittings; RESULTS.md names the cells still missing.
+Cells are stored the moment they finish (``benchmarks/results/headline_cells/<dataset>/<variant>-<hash>.json``:
+figures and every dev/test score, keyed by dataset, variant, seed and settings hash) and skipped by a later run with
+the same settings, so the table fills over several sittings; RESULTS.md names the cells still missing.
 """
 
 from __future__ import annotations

@@ -32,15 +32,20 @@ def test_cells_are_stored_at_once_and_read_back(tmp_path):
     assert CellStore(path).cells == again.cells
 
 
-def test_a_sharded_store_keeps_one_file_per_dataset(tmp_path):
+def test_a_sharded_store_keeps_one_file_per_dataset_variant_and_setting(tmp_path):
     store = CellStore(tmp_path / "cells", shard=True)
     store.put(cell_key("banking77", "flip", 0, "abc"), {"dev_ap": 0.7})
     store.put(cell_key("stsbenchmark", "flip", 0, "abc"), {"dev_ap": 0.5})
     store.put(cell_key("banking77", "sup", 0, "abc"), {"dev_ap": 0.6})
-    files = {p.name: json.loads(p.read_text())["cells"] for p in (tmp_path / "cells").glob("*.json")}
-    assert files == {"banking77.json": {"banking77/flip/seed0/abc": {"dev_ap": 0.7},
-                                        "banking77/sup/seed0/abc": {"dev_ap": 0.6}},
-                     "stsbenchmark.json": {"stsbenchmark/flip/seed0/abc": {"dev_ap": 0.5}}}
+    store.put(cell_key("banking77", "flip", 1, "abc"), {"dev_ap": 0.8})
+    store.put(cell_key("banking77", "flip", 0, "def"), {"dev_ap": 0.9})
+    files = {str(p.relative_to(tmp_path / "cells")): json.loads(p.read_text())["cells"]
+             for p in (tmp_path / "cells").glob("*/*.json")}
+    assert files == {"banking77/flip-abc.json": {"banking77/flip/seed0/abc": {"dev_ap": 0.7},
+                                                 "banking77/flip/seed1/abc": {"dev_ap": 0.8}},
+                     "banking77/flip-def.json": {"banking77/flip/seed0/def": {"dev_ap": 0.9}},
+                     "banking77/sup-abc.json": {"banking77/sup/seed0/abc": {"dev_ap": 0.6}},
+                     "stsbenchmark/flip-abc.json": {"stsbenchmark/flip/seed0/abc": {"dev_ap": 0.5}}}
     assert CellStore(tmp_path / "cells", shard=True).cells == store.cells
 
 
