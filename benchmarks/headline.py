@@ -3,6 +3,7 @@
     python -m benchmarks.headline --budget 150m      # run the missing cells that fit, in a fixed order, then stop
     python -m benchmarks.headline --render           # rewrite RESULTS.md and headline.json from the stored cells
     python -m benchmarks.headline --best w_dist=2 --best temperature=0.1   # the flip setting chosen on dev
+    python -m benchmarks.headline --set lora_layers=16 --variants sup_only  # one variant at another base setting
 
 Data (``benchmarks.datasets``, from ``../shared/data``): banking77 (2,000 train / 600 dev pairs built inside the
 train file's utterances, 1,600 test pairs built from its test utterances), mediqa2019_rqe (2,000 train pairs; dev =
@@ -220,6 +221,13 @@ def plan(datasets: list[str], settings: Settings, seeds: tuple[int, ...], chosen
     return order
 
 
+def pending(order: list[tuple[str, str, int, str]], store: CellStore, variants: tuple[str, ...] = tuple(STUDENTS)
+            ) -> list[tuple[str, str, int, str]]:
+    """The student cells of ``order`` still to run, of ``variants`` only (a trial can skip a variant it does not
+    change; the table still names that variant's missing cells)."""
+    return [cell for cell in order if cell[1] in variants and cell[3] not in store]
+
+
 def twin(store: CellStore, key: str) -> dict | None:
     """A stored cell of another student variant with the same dataset, seed and settings hash: the same run.
 
@@ -388,11 +396,14 @@ def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> 
 @click.option("--seeds", "seed_count", type=click.IntRange(1, len(SEEDS)), default=len(SEEDS), show_default=True,
               help="Run the students of the first N seeds only (a trial of a --best setting on dev); the table "
                    "always asks for all of them and names the missing cells.")
+@click.option("--variants", default=",".join(STUDENTS), show_default=True,
+              help="Comma list of the student variants to run (the teachers always run); the table still names "
+                   "the missing cells of the others.")
 @click.option("--budget", default=None, help="Stop cleanly before this much wall time (e.g. 150m).")
 @click.option("--render", "render_only", is_flag=True, help="Only rewrite RESULTS.md and headline.json from the cells.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="flipkd cache folder.")
-def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_count: int, budget: str | None,
-        render_only: bool, cache_dir: str | None) -> None:
+def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_count: int, variants: str,
+        budget: str | None, render_only: bool, cache_dir: str | None) -> None:
     """The flipped student against its fine-tuned teacher and sup_only at real sizes (resumable)."""
     from benchmarks._quality_plan import apply_overrides
     from pipelines import _mlflow
@@ -400,6 +411,9 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_c
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     if not names or set(names) - set(DATASETS):
         raise click.BadParameter(f"a comma list of {', '.join(DATASETS)}", param_hint="--datasets")
+    chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
+    if not chosen or set(chosen) - set(STUDENTS):
+        raise click.BadParameter(f"a comma list of {', '.join(STUDENTS)}", param_hint="--variants")
     encoder, loss, train, augment = EncoderConfig(), LossConfig(), TrainConfig(), AugmentConfig()
     apply_overrides({"encoder": encoder, "loss": loss, "train": train, "augment": augment}, list(overrides))
     settings = Settings(encoder, loss, train, tuple(best), augment=augment)
@@ -427,9 +441,7 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_c
             epochs, teacher = chosen_teacher(store, dataset, settings.teacher)
             if stopped or teacher is None:
                 continue
-            for _, variant, seed, key in plan([dataset], settings, seeds, {dataset: epochs}):
-                if variant.startswith("teacher") or key in store:
-                    continue
+            for _, variant, seed, key in pending(plan([dataset], settings, seeds, {dataset: epochs}), store, chosen):
                 same = twin(store, key)
                 if same is not None:
                     store.put(key, same)

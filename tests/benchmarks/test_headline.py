@@ -59,6 +59,16 @@ def test_summary_chooses_the_teacher_on_dev_and_names_missing_cells(tmp_path):
     assert data["teacher_finetuned_f1"] == pytest.approx(summary["rows"]["teacher_finetuned"]["f1"])
 
 
+def test_pending_runs_the_chosen_student_variants_that_are_not_stored(tmp_path):
+    from benchmarks.headline import pending
+
+    store, settings, _ = fake_store(tmp_path, with_students=True)
+    epochs, _ = chosen_teacher(store, "d", settings.teacher)
+    order = plan(["d"], settings, (0, 1, 2), {"d": epochs})
+    assert [(v, s) for _, v, s, _ in pending(order, store)] == [("flip_full", 1), ("sup_only", 2), ("flip_full", 2)]
+    assert [(v, s) for _, v, s, _ in pending(order, store, ("sup_only",))] == [("sup_only", 2)]
+
+
 def test_students_wait_for_every_teacher_epoch(tmp_path):
     store, settings, labels = fake_store(tmp_path, with_students=False)
     del store.cells[next(k for k in store.cells if "teacher_ft_e4" in k)]
