@@ -337,19 +337,22 @@ def render(summary: dict[str, Any], command: str) -> str:
 
 
 def settings_tried(store: CellStore, labels: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, list[float]]]:
-    """Dev AP of every student setting stored (each distinct brief: flip_full, sup_only and every --best tried),
-    per dataset and seed: the evidence a flip setting is chosen on."""
+    """Dev AP of every student setting stored (flip_full, sup_only and every --best tried), per dataset and seed:
+    the evidence a flip setting is chosen on. Cells of one settings hash are one setting, named by the brief of its
+    first seed's cell (a later seed run as ``--set K=V`` writes its brief without the ``--best`` list)."""
     out: dict[str, dict[str, list[float]]] = {}
-    seen = set()
-    for key, cell in store.cells.items():
-        dataset, variant, seed = key.split("/")[:3]
+    seen, named = set(), {}
+    for key in sorted(store.cells):
+        cell = store.cells[key]
+        dataset, variant, seed, settings_hash = key.split("/")
         run = (dataset, seed, cell.get("brief"), cell.get("run_id", key))
         if "brief" not in cell or dataset not in labels or run in seen:
             continue
         seen.add(run)  # a reused cell (twin) is one run, counted once
         name = "sup_only" if variant == "sup_only" else "flip"
+        brief = named.setdefault((dataset, name, settings_hash), cell["brief"])
         dev = average_precision(np.array(cell["scores"]["dev"]), labels[dataset]["dev"])
-        out.setdefault(f"{name}: {cell['brief']}", {}).setdefault(dataset, []).append(dev)
+        out.setdefault(f"{name}: {brief}", {}).setdefault(dataset, []).append(dev)
     return out
 
 
