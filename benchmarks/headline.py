@@ -408,15 +408,11 @@ def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> 
 def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_count: int, variants: str,
         budget: str | None, render_only: bool, cache_dir: str | None) -> None:
     """The flipped student against its fine-tuned teacher and sup_only at real sizes (resumable)."""
-    from benchmarks._quality_plan import apply_overrides
+    from benchmarks._quality_plan import _comma_list, apply_overrides
     from pipelines import _mlflow
 
-    names = [d.strip() for d in datasets.split(",") if d.strip()]
-    if not names or set(names) - set(DATASETS):
-        raise click.BadParameter(f"a comma list of {', '.join(DATASETS)}", param_hint="--datasets")
-    chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
-    if not chosen or set(chosen) - set(STUDENTS):
-        raise click.BadParameter(f"a comma list of {', '.join(STUDENTS)}", param_hint="--variants")
+    names = _comma_list(datasets, list(DATASETS), "--datasets")
+    chosen = tuple(_comma_list(variants, list(STUDENTS), "--variants"))
     encoder, loss, train, augment = EncoderConfig(), LossConfig(), TrainConfig(), AugmentConfig()
     apply_overrides({"encoder": encoder, "loss": loss, "train": train, "augment": augment}, list(overrides))
     settings = Settings(encoder, loss, train, tuple(best), augment=augment)

@@ -69,6 +69,21 @@ def test_pending_runs_the_chosen_student_variants_that_are_not_stored(tmp_path):
     assert [(v, s) for _, v, s, _ in pending(order, store, ("sup_only",))] == [("sup_only", 2)]
 
 
+BAD_OPTIONS = [(["--variants", "flip_full,nope"], "--variants"), (["--variants", ","], "--variants"),
+               (["--datasets", "atec"], "--datasets")]
+
+
+@pytest.mark.parametrize("argv,hint", BAD_OPTIONS)
+def test_unknown_datasets_or_variants_fail_before_any_work(argv, hint, monkeypatch):
+    from click.testing import CliRunner
+
+    from benchmarks import headline
+
+    monkeypatch.setattr(headline, "build_real", lambda *a, **k: pytest.fail("built data despite a bad option"))
+    result = CliRunner().invoke(headline.cli, argv)
+    assert result.exit_code == 2 and hint in result.output and "a comma list of" in result.output
+
+
 def test_students_wait_for_every_teacher_epoch(tmp_path):
     store, settings, labels = fake_store(tmp_path, with_students=False)
     del store.cells[next(k for k in store.cells if "teacher_ft_e4" in k)]
