@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import click
+
 from benchmarks import _results
 from benchmarks._machine import cpu_flags
 
@@ -41,8 +43,7 @@ def render_markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    extra = list(sys.argv[1:] if argv is None else argv)
+def main(extra: list[str]) -> dict:
     command = ["mlflow", "run", ".", "-e", "main", "--env-manager", "local", *extra]
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     started = time.perf_counter()
@@ -53,7 +54,10 @@ def main(argv: list[str] | None = None) -> dict:
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-5000:])
         raise SystemExit(f"demo: `{' '.join(command)}` failed with exit code {done.returncode}")
-    summary_path = re.findall(r"summary: (\S+summary\.json)", done.stdout)[-1]
+    found = re.findall(r"summary: (\S+summary\.json)", done.stdout)
+    if not found:  # e.g. an extra argument that made mlflow print its help instead of running the job
+        raise SystemExit(f"demo: `{' '.join(command)}` printed no 'summary: .../summary.json' line; nothing written")
+    summary_path = found[-1]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     data = {"command": " ".join(command), "seconds": round(seconds, 1),
             "wall": f"{int(seconds // 60)}m{seconds % 60:02.0f}s",
@@ -69,5 +73,17 @@ def main(argv: list[str] | None = None) -> dict:
     return data
 
 
+@click.command(context_settings={"ignore_unknown_options": True, "help_option_names": ["-h", "--help"]})
+@click.argument("mlflow_args", nargs=-1, type=click.UNPROCESSED)
+def cli(mlflow_args: tuple[str, ...]) -> None:
+    """Run the README's demo (`mlflow run . -e main --env-manager local`) and record its figures.
+
+    Writes benchmarks/results/demo.json and the demo section of benchmarks/RESULTS.md (wall time, peak RSS,
+    CPU flags, test F1 / AP of the student and both teachers). MLFLOW_ARGS go to `mlflow run` unchanged,
+    e.g. `python -m benchmarks.demo -P epochs=1`.
+    """
+    main(list(mlflow_args))
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
 from benchmarks import demo
 
 
@@ -18,3 +23,23 @@ def test_render_markdown_lists_every_model_on_the_split():
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert rows == ["| student (flipkd) | 0.800 | 0.750 |", "| teacher, fine-tuned | 0.710 | 0.700 |",
                     "| teacher, base | 0.676 | 0.690 |", "| all-positive baseline | 0.621 | 0.450 |"]
+
+
+def test_help_explains_instead_of_running_the_job(monkeypatch):
+    monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: pytest.fail("--help must not run mlflow"))
+    result = CliRunner().invoke(demo.cli, ["--help"])
+    assert result.exit_code == 0 and "MLFLOW_ARGS go to `mlflow run`" in result.output
+
+
+def test_extra_arguments_reach_mlflow_and_a_run_without_summary_writes_nothing(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run(args, **kwargs):
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, stdout="no summary here\n", stderr="")
+
+    monkeypatch.setattr(demo.subprocess, "run", fake_run)
+    monkeypatch.setattr(demo, "RESULTS", tmp_path / "demo.json")
+    result = CliRunner().invoke(demo.cli, ["-P", "epochs=1"])
+    assert result.exit_code != 0 and "printed no 'summary: .../summary.json' line" in result.output
+    assert calls[0][-2:] == ["-P", "epochs=1"] and not (tmp_path / "demo.json").exists()
