@@ -193,6 +193,17 @@ def test_the_filter_share_is_reported_only_when_the_filter_acts(mlflow_env, tiny
         assert "noise filter: dropped" in result.output and "filter_fraction_dropped" in metrics
 
 
+@pytest.mark.parametrize("extra, delta_neg", [([], 1.0), (["--delta-neg", "0.7"], 1.0), (["--filter"], 0.5),
+                                               (["--filter", "--delta-neg", "0.7"], 0.7)],
+                         ids=["default-off", "off-ignores-delta-neg", "filter-on", "filter-on-own-delta-neg"])
+def test_no_filter_also_keeps_every_in_batch_negative(mlflow_env, tiny_model_args, monkeypatch, extra, delta_neg):
+    built, real = [], train.FlipKDLoss
+    monkeypatch.setattr(train, "FlipKDLoss", lambda config: built.append(config) or real(config))
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + extra)
+    assert result.exit_code == 0, result.output
+    assert [config.delta_neg for config in built] == [delta_neg]
+
+
 def test_summary_names_the_teacher_and_goes_to_the_output_dir(mlflow_env, tiny_model_args, tmp_path):
     result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--output-dir", str(tmp_path / "mine")])
     assert result.exit_code == 0, result.output
