@@ -13,8 +13,9 @@ setting; test is read once per cell.
 
 Variants, per dataset: ``teacher_base`` (the off-the-shelf MiniLM), ``teacher_finetuned`` (MiniLM fine-tuned with
 CoSENT on train for E epochs, E in ``TEACHER_EPOCHS`` chosen on dev AP: every E is a cell), then over 3 seeds, all
-distilled from that teacher: ``sup_only`` (L_sup alone), ``flip_full`` (train's defaults) and ``flip_best`` (train's
-defaults plus the ``--best`` settings, chosen on dev: RESULTS.md, "settings tried"; ``per_pair``,
+distilled from that teacher: ``sup_only`` (L_sup alone), ``flip_full`` (the composite with METHOD.md's filter at
+delta 0.5 / 0.5) and ``flip_best`` (the same plus the ``--best`` settings, chosen on dev: RESULTS.md, "settings tried";
+``--best delta_pos=0 --best delta_neg=1`` is train's ``--no-filter``, its default; ``per_pair``,
 ``neighbour_share`` and ``positive_threshold`` there add teacher-labelled extra pairs, ``components.data.augment``,
 which sup_only never gets: it has no term to learn from them). Beside them, apart from the
 student rows: ``mix``, a logistic fit on dev of the fine-tuned teacher's and the flipped student's scores.
