@@ -122,6 +122,16 @@ def filter_unused(no_filter: bool, filter_scope: str, loss_config: LossConfig) -
     return None
 
 
+def loss_config_in_use(loss_config: LossConfig, no_filter: bool) -> LossConfig:
+    """The loss's config as L_MCL uses it, and as the run logs it.
+
+    --no-filter turns off both of the filter's rules (METHOD.md, "noise filter"): no labelled pair is dropped, and no
+    in-batch pair is masked out of L_MCL's denominator as a probable false negative (delta_neg 1). That is the setting
+    chosen on dev (headline benchmark: delta_pos 0, delta_neg 1 keeps every pair and every negative).
+    """
+    return replace(loss_config, delta_neg=1.0) if no_filter else loss_config
+
+
 def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str, cache_dir: str | None,
                   encoder_config: EncoderConfig, loss_config: LossConfig, train_config: TrainConfig,
                   filter_scope: str, no_filter: bool, teacher_batch_size: int = 64, teacher_max_length: int = 128,
@@ -176,10 +186,7 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     if encoder.prefix is not None:
         fill_prefix_cache(encoder, student_path, splits, pairs, cache_dir, prefix_cache_gb, progress,
                           log and resume is None, distributed)
-    # --no-filter turns off both of the filter's rules (METHOD.md, "noise filter"): no labelled pair is dropped, and
-    # no in-batch pair is masked out of L_MCL's denominator as a probable false negative; the setting chosen on dev
-    # (headline benchmark: delta_pos 0, delta_neg 1, which keeps every pair and every negative)
-    loss = FlipKDLoss(replace(loss_config, delta_neg=1.0) if no_filter else loss_config)
+    loss = FlipKDLoss(loss_config_in_use(loss_config, no_filter))
     logged = checkpointing.logged_step if checkpointing else 0
 
     guard = DivergenceGuard()
@@ -386,7 +393,8 @@ def _train_main(data_args, o: dict, distributed: DistributedContext) -> dict:
                 splits = load_splits(data_args, work, o["seed"])
                 log_splits(splits)
                 _mlflow.log_params({"data": data_args.__dict__, "student": o["student"], "teacher": o["teacher"],
-                                    "encoder": encoder_config.to_dict(), "loss": loss_config.to_dict(),
+                                    "encoder": encoder_config.to_dict(),
+                                    "loss": loss_config_in_use(loss_config, not o["noise_filter"]).to_dict(),
                                     "train": train_config.to_dict(), "filter": {"scope": o["filter_scope"],
                                                                                 "disabled": not o["noise_filter"]},
                                     "extra_pairs": {"per_pair": o["extra_pairs_per_pair"],

@@ -202,6 +202,8 @@ def test_no_filter_also_keeps_every_in_batch_negative(mlflow_env, tiny_model_arg
     result = CliRunner().invoke(train.cli, tiny_model_args + FAST + extra)
     assert result.exit_code == 0, result.output
     assert [config.delta_neg for config in built] == [delta_neg]
+    # the run's record says what L_MCL used, so the run is reproducible from it
+    assert mlflow_env.get_run(run_ids(mlflow_env)[0]).data.params["loss.delta_neg"] == str(delta_neg)
 
 
 def test_summary_names_the_teacher_and_goes_to_the_output_dir(mlflow_env, tiny_model_args, tmp_path):
