@@ -183,9 +183,11 @@ def _convert(value: str, default: Any) -> Any:
     return value
 
 
-def apply_overrides(configs: dict[str, Any], pairs: Sequence[str]) -> None:
+def apply_overrides(configs: dict[str, Any], pairs: Sequence[str],
+                    fixed: frozenset[str] | set[str] = FIXED_BY_VARIANT) -> None:
     """``KEY=VALUE`` or ``SECTION.KEY=VALUE`` in place; the sections are the keys of ``configs`` (quality: encoder,
-    loss, train, teacher_finetune; headline: encoder, loss, train, augment)."""
+    loss, train, teacher_finetune; headline: encoder, loss, train, augment). ``fixed``: keys a benchmark's variants
+    (or seeds) set, refused here."""
     for item in pairs:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
@@ -202,7 +204,7 @@ def apply_overrides(configs: dict[str, Any], pairs: Sequence[str]) -> None:
         if len(sections) > 1:
             raise click.BadParameter(f"{name!r} is in {', '.join(sections)}: prefix it (e.g. {sections[0]}.{name})",
                                      param_hint="--set")
-        if name in FIXED_BY_VARIANT and sections[0] != "teacher_finetune":
+        if name in fixed and sections[0] != "teacher_finetune":
             raise click.BadParameter(f"{name!r} is set by each variant (or by --seeds), not by --set",
                                      param_hint="--set")
         target = configs[sections[0]]

@@ -20,6 +20,7 @@ import numpy as np
 
 from benchmarks._quality_plan import Plan, Variant
 from benchmarks._quality_results import _finite
+from benchmarks._real_size import joint_reading
 from components.data.writing import fingerprint
 from components.losses.composite_loss import LossConfig
 from components.model_cache import cache_root
@@ -109,9 +110,7 @@ def run_trained(splits: dict, variant: Variant, seed: int, teacher_dir: Path, pl
     logged = mlflow.get_run(mlflow.active_run().info.run_id).data.metrics
     metrics = dict(result.metrics)
     if variant.joint:  # the joint scores are the variant's result; its cosine reading is kept as cosine_*
-        cosine = {f"cosine_{k}": v for k, v in metrics.items() if not k.startswith(("joint_", "teacher_"))}
-        metrics = {**{k: v for k, v in metrics.items() if k.startswith("teacher_")}, **cosine,
-                   **{k.removeprefix("joint_"): v for k, v in metrics.items() if k.startswith("joint_")}}
+        metrics = joint_reading(metrics)
     for key in ("train_seconds", "train_pairs_per_s", "filter_fraction_dropped"):
         if key in logged:
             metrics[key] = logged[key]

@@ -35,6 +35,17 @@ def build_real(dataset: str, counts: dict[str, int | None], teacher: str, cache_
     return build(dataset, data_root, **counts, seed=0, embed=embed, min_dev=counts.get("max_dev") or 0)
 
 
+def joint_reading(metrics: dict[str, float]) -> dict[str, float]:
+    """A student trained through the decoder path (sup_mode generative) is read jointly, P("yes" | pair): its
+    ``joint_*`` figures become the run's, its cosine reading is kept as ``cosine_*``. Other runs: unchanged."""
+    if not any(k.startswith("joint_") for k in metrics):
+        return metrics
+    teacher = {k: v for k, v in metrics.items() if k.startswith("teacher_")}
+    cosine = {f"cosine_{k}": v for k, v in metrics.items() if not k.startswith(("joint_", "teacher_"))}
+    joint = {k.removeprefix("joint_"): v for k, v in metrics.items() if k.startswith("joint_")}
+    return {**teacher, **cosine, **joint}
+
+
 def deciles(values: list[float]) -> list[float]:
     """Mean of each tenth of a series (by step order)."""
     chunks = np.array_split(np.asarray(values, dtype=float), 10)
@@ -68,8 +79,9 @@ def train_cell(name: str, splits: dict, encoder: EncoderConfig, loss: LossConfig
         history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
         if history:
             curves[key] = deciles([m.value for m in history])
-    metrics = {k: float(v) for k, v in result.metrics.items() if not k.startswith("teacher_")}
-    return {"run_id": run_id, "metrics": metrics, "scores": {k: v.tolist() for k, v in result.scores.items()},
+    metrics = joint_reading({k: float(v) for k, v in result.metrics.items() if not k.startswith("teacher_")})
+    scores = result.joint_scores if result.joint_scores is not None else result.scores
+    return {"run_id": run_id, "metrics": metrics, "scores": {k: v.tolist() for k, v in scores.items()},
             "teacher_dev_ap": result.metrics.get("teacher_dev_average_precision"),
             "guard_warnings": int(run.data.metrics.get("guard_warnings", 0)),
             "guard": run.data.tags.get("flipkd.guard", ""),

@@ -17,7 +17,9 @@ distilled from that teacher: ``sup_only`` (L_sup alone), ``flip_full`` (the comp
 delta 0.5 / 0.5) and ``flip_best`` (the same plus the ``--best`` settings, chosen on dev: RESULTS.md, "settings tried";
 ``--best delta_pos=0 --best delta_neg=1`` is train's ``--no-filter``, its default; ``per_pair``,
 ``neighbour_share`` and ``positive_threshold`` there add teacher-labelled extra pairs, ``components.data.augment``,
-which sup_only never gets: it has no term to learn from them). Beside them, apart from the
+which sup_only never gets: it has no term to learn from them; ``sup_mode=generative`` trains L_sup through the
+decoder path, and the cell is then the joint reading, P("yes" | pair), with its cosine figures kept as
+``cosine_*``). Beside them, apart from the
 student rows: ``mix``, a logistic fit on dev of the fine-tuned teacher's and the flipped student's scores.
 
 Reported on test: F1 at the dev threshold, AP and ROC-AUC per seed (mean ± std), and for the seed-averaged scores
@@ -60,6 +62,9 @@ COUNTS = {"banking77": {"max_train": 2000, "max_dev": 600, "max_test": 1600},
           "stsbenchmark": {"max_train": 2000, "max_dev": 600, "max_test": None}}
 TEACHER_EPOCHS = (1, 2, 4)
 STUDENTS = {"sup_only": ("sup",), "flip_full": ("sup", "dist", "mcl"), "flip_best": ("sup", "dist", "mcl")}
+# what a variant or --seeds sets, so --set / --best cannot; sup_mode may be chosen (generative: the cell is the
+# joint reading, P("yes" | pair) through the decoder path, METHOD.md "Inference")
+FIXED_BY_VARIANT = frozenset({"parts", "seed"})
 SEEDS = (0, 1, 2)
 BOOTSTRAP = 2000
 ASSUMED_SECONDS = {"teacher": 120.0, "student": 300.0}
@@ -83,7 +88,7 @@ class Settings:
         configs = {"encoder": dataclasses.replace(self.encoder), "loss": dataclasses.replace(self.loss),
                    "train": dataclasses.replace(self.train), "augment": dataclasses.replace(self.augment)}
         if variant == "flip_best":
-            apply_overrides(configs, list(self.best))
+            apply_overrides(configs, list(self.best), fixed=FIXED_BY_VARIANT)
         configs["loss"] = dataclasses.replace(configs["loss"], parts=STUDENTS[variant])
         return configs
 
@@ -415,7 +420,8 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_c
     names = _comma_list(datasets, list(DATASETS), "--datasets")
     chosen = tuple(_comma_list(variants, list(STUDENTS), "--variants"))
     encoder, loss, train, augment = EncoderConfig(), LossConfig(), TrainConfig(), AugmentConfig()
-    apply_overrides({"encoder": encoder, "loss": loss, "train": train, "augment": augment}, list(overrides))
+    apply_overrides({"encoder": encoder, "loss": loss, "train": train, "augment": augment}, list(overrides),
+                    fixed=FIXED_BY_VARIANT)
     settings = Settings(encoder, loss, train, tuple(best), augment=augment)
     settings.student("flip_best")  # a bad --best key fails here, before any work
     store = CellStore(CELLS_DIR, shard=True)

@@ -70,6 +70,8 @@ class StudentRun:
     threshold: float
     # student (cosine) scores of every evaluated split, in the split's pair order
     scores: dict[str, np.ndarray] = field(default_factory=dict)
+    # the joint reading's, P("yes" | pair), when the decoder path was trained (sup_mode generative)
+    joint_scores: dict[str, np.ndarray] | None = None
 
 
 def build_training_pairs(train: pd.DataFrame, signal: TeacherSignal, keep: np.ndarray) -> TrainingPairs:
@@ -242,6 +244,7 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         if guard.warnings:
             mlflow.set_tag("flipkd.guard", "; ".join(f"step {step}: {m}" if not m.startswith("step") else m
                                                      for step, m in guard.warnings[-3:]))
+    joint = None
     if loss_config.sup_mode == "generative":  # the decoder path was trained: report joint scoring too
         joint = {name: encoder.joint_scores(list(f["text_a"]), list(f["text_b"]), show_progress=progress).numpy()
                  for name, f in eval_splits.items()}
@@ -255,7 +258,7 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         with _mlflow.scratch_dir() as tmp:
             encoder.save(tmp / ADAPTER_ARTIFACT)
             _mlflow.log_folder(tmp / ADAPTER_ARTIFACT, ADAPTER_ARTIFACT)
-    return StudentRun(encoder, signal, metrics, float(threshold), student_scores)
+    return StudentRun(encoder, signal, metrics, float(threshold), student_scores, joint)
 
 
 def fill_prefix_cache(encoder: LoraEncoder, student_path: Path, splits: dict[str, pd.DataFrame],

@@ -159,3 +159,16 @@ def test_extra_pairs_reach_the_flip_variants_only_and_change_their_key_only_when
     assert grown.student_hash("sup_only", 2) == plain.student_hash("sup_only", 2)
     with pytest.raises(Exception, match="per_pair"):
         Settings(EncoderConfig(), LossConfig(), TrainConfig(), ("per_pair=-1",)).student("flip_best")
+
+
+def test_the_decoder_path_can_be_the_flip_setting_but_a_variant_keeps_its_loss_parts():
+    plain = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ())
+    joint = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ("sup_mode=generative",))
+    assert joint.student("flip_best")[1].sup_mode == "generative"
+    assert joint.student("flip_full")[1].sup_mode == "representation"
+    assert joint.student_hash("flip_best", 2) != plain.student_hash("flip_best", 2)
+    assert joint.student_hash("sup_only", 2) == plain.student_hash("sup_only", 2)
+    assert "best: sup_mode=generative" in joint.brief("flip_best")
+    for fixed in ("parts=sup", "train.seed=3"):
+        with pytest.raises(Exception, match="set by each variant"):
+            Settings(EncoderConfig(), LossConfig(), TrainConfig(), (fixed,)).student("flip_best")

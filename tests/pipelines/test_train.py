@@ -102,8 +102,9 @@ def test_layer_beyond_the_model_fails_cleanly(mlflow_env, tiny_model_args):
     assert mlflow_env.get_run(run_id).info.status == "FAILED"
 
 
-def test_generative_mode_reports_joint_scoring(mlflow_env, tiny_model_args):
-    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--sup-mode", "generative"])
+@pytest.mark.parametrize("blocks", [[], ["--lora-layers", "1"]], ids=["every-block", "frozen-prefix"])
+def test_generative_mode_reports_joint_scoring(mlflow_env, tiny_model_args, blocks):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--sup-mode", "generative"] + blocks)
     assert result.exit_code == 0, result.output
     assert "student, joint reading" in result.output  # the decoder path's row of the comparison
     (run_id,) = run_ids(mlflow_env)
