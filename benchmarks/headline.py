@@ -344,8 +344,8 @@ def render(summary: dict[str, Any], command: str) -> str:
 
 def settings_tried(store: CellStore, labels: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, list[float]]]:
     """Dev AP of every student setting stored (flip_full, sup_only and every --best tried), per dataset and seed:
-    the evidence a flip setting is chosen on. Cells of one settings hash are one setting, named by the brief of its
-    first seed's cell (a later seed run as ``--set K=V`` writes its brief without the ``--best`` list)."""
+    the evidence a flip setting is chosen on. Cells of one settings hash are one setting on every dataset, named by
+    the brief of its first cell (a later run of it as ``--set K=V`` writes its brief without the ``--best`` list)."""
     out: dict[str, dict[str, list[float]]] = {}
     seen, named = set(), {}
     for key in sorted(store.cells):
@@ -356,7 +356,7 @@ def settings_tried(store: CellStore, labels: dict[str, dict[str, np.ndarray]]) -
             continue
         seen.add(run)  # a reused cell (twin) is one run, counted once
         name = "sup_only" if variant == "sup_only" else "flip"
-        brief = named.setdefault((dataset, name, settings_hash), cell["brief"])
+        brief = named.setdefault((name, settings_hash), cell["brief"])
         dev = average_precision(np.array(cell["scores"]["dev"]), labels[dataset]["dev"])
         out.setdefault(f"{name}: {brief}", {}).setdefault(dataset, []).append(dev)
     return out

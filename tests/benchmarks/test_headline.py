@@ -106,13 +106,15 @@ def test_seeds_of_one_settings_hash_are_one_setting_whatever_their_brief(tmp_pat
     from benchmarks.headline import settings_tried
 
     store = CellStore(tmp_path / "cells.json")
-    labels = {"d": {"dev": np.array([True, False, True]), "test": np.zeros(3, bool)}}
+    labels = {d: {"dev": np.array([True, False, True]), "test": np.zeros(3, bool)} for d in ("d", "e")}
     for seed, brief in [(0, "blocks 16; best: lora_layers=16"), (1, "blocks 16"), (2, "blocks 16")]:
         store.put(f"d/flip_best/seed{seed}/h16", {"scores": {"dev": [0.9, 0.1, 0.8]}, "brief": brief, "run_id": seed})
     store.put("d/flip_best/seed0/h8", {"scores": {"dev": [0.1, 0.9, 0.8]}, "brief": "blocks 8", "run_id": 9})
+    # the same settings on another dataset, run later with another brief: the same row
+    store.put("e/flip_best/seed0/h16", {"scores": {"dev": [0.9, 0.1, 0.8]}, "brief": "16, later", "run_id": 5})
     tried = settings_tried(store, labels)
-    assert {k: len(v["d"]) for k, v in tried.items()} == {"flip: blocks 16; best: lora_layers=16": 3,
-                                                         "flip: blocks 8": 1}
+    assert {k: {d: len(v) for d, v in per.items()} for k, per in tried.items()} == {
+        "flip: blocks 16; best: lora_layers=16": {"d": 3, "e": 1}, "flip: blocks 8": {"d": 1}}
 
 
 def test_a_cell_with_the_same_settings_under_another_variant_is_reused(tmp_path):
