@@ -8,7 +8,7 @@ from benchmarks._real_size import joint_reading, train_cell
 from components.losses.composite_loss import LossConfig
 from components.student.lora_encoder import EncoderConfig
 from components.training.trainer import TrainConfig
-from pipelines import train
+from pipelines import _mlflow, train
 from pipelines.train import StudentRun
 
 COSINE = {"dev": np.array([0.1, 0.2]), "test": np.array([0.3])}
@@ -23,8 +23,10 @@ def test_a_decoder_path_cell_is_its_joint_reading(mlflow_env, monkeypatch, joint
     run = StudentRun(None, None, metrics, 0.1, COSINE, JOINT if joint else None)
     monkeypatch.setattr(train, "train_student", lambda *args, **kwargs: run)
     splits = {name: pd.DataFrame({"match": [True] * n}) for name, n in (("train", 4), ("dev", 2), ("test", 1))}
-    cell = train_cell("cell", splits, EncoderConfig(), LossConfig(sup_mode="generative" if joint else "representation"),
-                      TrainConfig(), Path("teacher"), None, "t", {})
+    with _mlflow.run("headline", "t"):  # as the headline runs it: a child of its parent run
+        cell = train_cell("cell", splits, EncoderConfig(),
+                          LossConfig(sup_mode="generative" if joint else "representation"), TrainConfig(),
+                          Path("teacher"), None, "t", {})
     assert cell["scores"] == {k: v.tolist() for k, v in (JOINT if joint else COSINE).items()}
     assert cell["metrics"]["test_average_precision"] == (0.8 if joint else 0.4)
     assert ("cosine_test_average_precision" in cell["metrics"]) == joint
