@@ -24,9 +24,11 @@ from scipy.stats import spearmanr
 
 from benchmarks import _results
 from benchmarks._cells import CellStore
-from benchmarks.datasets import DEFAULT_DATA_ROOT, MEDIQA_FILES, build, canonical, read_mediqa_xml
+from benchmarks._real_size import build_real
+from benchmarks.datasets import DEFAULT_DATA_ROOT, MEDIQA_FILES, canonical, read_mediqa_xml
 from benchmarks.headline import CELLS_DIR, COUNTS, RESULTS_DIR
 from components.metrics import average_precision, roc_auc
+from components.models import TEACHER_DEFAULT
 
 DATASET = "mediqa2019_rqe"
 SUMMARY_FILE = RESULTS_DIR / "mediqa_transfer.json"
@@ -34,7 +36,7 @@ SUMMARY_FILE = RESULTS_DIR / "mediqa_transfer.json"
 
 def headline_splits(data_root: Path) -> tuple[dict, np.ndarray]:
     """The headline's MEDIQA splits, and which of its dev rows come from the validation file."""
-    splits = build(DATASET, data_root, **COUNTS[DATASET], seed=0, min_dev=COUNTS[DATASET]["max_dev"] or 0)
+    splits = build_real(DATASET, COUNTS[DATASET], TEACHER_DEFAULT, None, data_root)  # the teacher: banking77's only
     file = Path(data_root) / DATASET / MEDIQA_FILES["dev"]
     validation = canonical(read_mediqa_xml(file), graded=False, source=str(file))
     given = set(zip(validation["text_a"], validation["text_b"], strict=True))
