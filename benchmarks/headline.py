@@ -193,6 +193,28 @@ def teacher_cell(dataset: str, splits: dict, settings: Settings, epochs: int | N
             "dev_ap": average_precision(scores["dev"], splits["dev"]["match"].to_numpy())}
 
 
+def teacher_folder(dataset: str, splits: dict, settings: Settings, epochs: int, cell: dict, cache_dir: str | None
+                   ) -> tuple[str, dict | None]:
+    """The chosen teacher's folder; fine-tuned again (same data, config, seed) if this machine lacks it.
+
+    The cells travel with the repository, the fine-tuned teachers stay in a machine's cache: a new machine
+    resuming the table rebuilds the teacher and says how far its dev scores are from the stored cell's
+    (another CPU may round differently), so the students of the table never learn from an unknown teacher.
+    """
+    if Path(cell["folder"]).is_dir():
+        return cell["folder"], None
+    rebuilt = teacher_cell(dataset, splits, settings, epochs, cache_dir)
+    gap = float(np.max(np.abs(np.asarray(rebuilt["scores"]["dev"]) - np.asarray(cell["scores"]["dev"]))))
+    check = {"dev_ap": rebuilt["dev_ap"], "stored_dev_ap": cell["dev_ap"], "max_abs_dev_score_gap": gap}
+    click.echo(f"[headline] {dataset}: teacher_ft_e{epochs} rebuilt (its folder is not on this machine): dev AP "
+               f"{rebuilt['dev_ap']:.4f} against the stored {cell['dev_ap']:.4f}, largest dev score gap {gap:.2e}")
+    if abs(rebuilt["dev_ap"] - cell["dev_ap"]) > 0.005:
+        raise click.ClickException(f"{dataset}: the rebuilt teacher_ft_e{epochs} is not the stored one (dev AP "
+                                   f"{rebuilt['dev_ap']:.4f} against {cell['dev_ap']:.4f}); students trained on it "
+                                   "would not belong to this table")
+    return rebuilt["folder"], check
+
+
 def student_cell(dataset: str, splits: dict, settings: Settings, variant: str, seed: int, teacher_dir: str,
                  cache_dir: str | None) -> dict:
     encoder, loss, train = settings.student(variant)
@@ -447,6 +469,8 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_c
             epochs, teacher = chosen_teacher(store, dataset, settings.teacher)
             if stopped or teacher is None:
                 continue
+            teacher_dir: str | None = None
+            rebuilt: dict | None = None
             for _, variant, seed, key in pending(plan([dataset], settings, seeds, {dataset: epochs}), store, chosen):
                 same = twin(store, key)
                 if same is not None:
@@ -454,10 +478,16 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_c
                     click.echo(f"[headline] {dataset} {variant} seed {seed}: same settings as a stored cell, reused")
                     continue
                 done = [c["seconds"] for k, c in store.cells.items() if k.startswith(f"{dataset}/") and "run_id" in c]
-                if not clock.allows(float(np.mean(done)) if done else ASSUMED_SECONDS["student"]):
+                missing_teacher = teacher_dir is None and not Path(teacher["folder"]).is_dir()
+                rebuild = ASSUMED_SECONDS["teacher"] if missing_teacher else 0
+                if not clock.allows((float(np.mean(done)) if done else ASSUMED_SECONDS["student"]) + rebuild):
                     stopped = True
                     break
-                cell = student_cell(dataset, splits, settings, variant, seed, teacher["folder"], cache_dir)
+                if teacher_dir is None:
+                    teacher_dir, rebuilt = teacher_folder(dataset, splits, settings, epochs, teacher, cache_dir)
+                cell = student_cell(dataset, splits, settings, variant, seed, teacher_dir, cache_dir)
+                if rebuilt is not None:
+                    cell["teacher_rebuilt"] = rebuilt
                 store.put(key, cell)
                 m = cell["metrics"]
                 click.echo(f"[headline] {dataset} {variant} seed {seed}: test F1 {m['test_f1']:.3f}, AP "

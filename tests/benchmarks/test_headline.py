@@ -1,6 +1,8 @@
+import click
 import numpy as np
 import pytest
 
+from benchmarks import headline
 from benchmarks._cells import CellStore
 from benchmarks.headline import Settings, chosen_teacher, headline_json, paired_bootstrap_f1, plan, render, summarise
 from components.losses.composite_loss import LossConfig
@@ -174,3 +176,28 @@ def test_the_decoder_path_can_be_the_flip_setting_but_a_variant_keeps_its_loss_p
     for fixed in ("parts=sup", "train.seed=3"):
         with pytest.raises(Exception, match="set by each variant"):
             Settings(EncoderConfig(), LossConfig(), TrainConfig(), (fixed,)).student("flip_best")
+
+
+@pytest.mark.parametrize("rebuilt_ap, fails", [(0.801, False), (0.79, True)])
+def test_a_teacher_missing_on_this_machine_is_rebuilt_and_checked_against_its_cell(tmp_path, monkeypatch,
+                                                                                   rebuilt_ap, fails):
+    stored = {"folder": str(tmp_path / "gone"), "dev_ap": 0.8, "scores": {"dev": [0.1, 0.9]}}
+    calls = []
+
+    def rebuild(dataset, splits, settings, epochs, cache_dir):
+        calls.append(epochs)
+        return {"folder": str(tmp_path / "new"), "dev_ap": rebuilt_ap, "scores": {"dev": [0.1, 0.9 + 1e-3]}}
+
+    monkeypatch.setattr(headline, "teacher_cell", rebuild)
+    settings = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ())
+    if fails:
+        with pytest.raises(click.ClickException, match="not the stored one"):
+            headline.teacher_folder("d", {}, settings, 2, stored, None)
+        return
+    folder, check = headline.teacher_folder("d", {}, settings, 2, stored, None)
+    assert folder == str(tmp_path / "new") and calls == [2]
+    assert check["max_abs_dev_score_gap"] == pytest.approx(1e-3) and check["stored_dev_ap"] == 0.8
+    (tmp_path / "here").mkdir()
+    assert headline.teacher_folder("d", {}, settings, 2, {**stored, "folder": str(tmp_path / "here")}, None) == (
+        str(tmp_path / "here"), None)
+    assert calls == [2]
