@@ -364,6 +364,12 @@ def render(summary: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def setting_label(variant: str, brief: str) -> str:
+    """A student setting's name in the reports: its loss (sup_only, or one of the flips, which differ only in
+    settings) and its brief."""
+    return f"{'sup_only' if variant == 'sup_only' else 'flip'}: {brief}"
+
+
 def settings_tried(store: CellStore, labels: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, list[float]]]:
     """Dev AP of every student setting stored (flip_full, sup_only and every --best tried), per dataset and seed:
     the evidence a flip setting is chosen on. Cells of one settings hash are one setting on every dataset, named by
@@ -380,7 +386,7 @@ def settings_tried(store: CellStore, labels: dict[str, dict[str, np.ndarray]]) -
         name = "sup_only" if variant == "sup_only" else "flip"
         brief = named.setdefault((name, settings_hash), cell["brief"])
         dev = average_precision(np.array(cell["scores"]["dev"]), labels[dataset]["dev"])
-        out.setdefault(f"{name}: {brief}", {}).setdefault(dataset, []).append(dev)
+        out.setdefault(setting_label(variant, brief), {}).setdefault(dataset, []).append(dev)
     return out
 
 

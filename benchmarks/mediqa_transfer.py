@@ -26,7 +26,7 @@ from benchmarks import _results
 from benchmarks._cells import CellStore
 from benchmarks._real_size import build_real
 from benchmarks.datasets import DEFAULT_DATA_ROOT, MEDIQA_FILES, canonical, read_mediqa_xml
-from benchmarks.headline import CELLS_DIR, COUNTS, RESULTS_DIR
+from benchmarks.headline import CELLS_DIR, COUNTS, RESULTS_DIR, setting_label
 from components.metrics import average_precision, roc_auc
 from components.models import TEACHER_DEFAULT
 
@@ -66,8 +66,7 @@ def per_setting(store: CellStore, labels: dict[str, np.ndarray], from_validation
         variant = cells[0]["variant"]
         student = not variant.startswith("teacher")
         rows.append({"hash": settings_hash, "student": student, "seeds": len(cells),
-                     "setting": f"{'sup_only' if variant == 'sup_only' else 'flip'}: {cells[0].get('brief', '')}"
-                     if student else variant,
+                     "setting": setting_label(variant, cells[0].get("brief", "")) if student else variant,
                      **{k: float(np.mean(v)) for k, v in figures.items()}})
     return rows
 
