@@ -394,7 +394,8 @@ def render_tried(tried: dict[str, dict[str, list[float]]]) -> str:
     if not tried:
         return ""
     datasets = sorted({d for per in tried.values() for d in per})
-    lines = ["", "", "**Settings tried** (every student setting stored, dev AP mean over its seeds, n seeds):", "",
+    lines = ["", "", "**Settings tried** (every student setting stored, dev AP mean over its seeds, n seeds; a "
+             "`sup_mode=generative` setting is read jointly, P(\"yes\" | pair)):", "",
              "| setting | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
     for name, per in sorted(tried.items()):
         cells = [f"{np.mean(per[d]):.3f} (n={len(per[d])})" if d in per else "-" for d in datasets]
