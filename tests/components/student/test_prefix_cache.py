@@ -130,7 +130,7 @@ def test_training_from_the_cache_logs_the_uncached_losses():
         trainer.on_step = lambda step, metrics, h=history: h.append(metrics["loss/total"])
         trainer.train()
         losses.append(history)
-    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-5)  # fp32 order: ~1e-5 on a loss of 18
 
 
 def states(n: int, length: int = 3, dim: int = 4, seed: int = 0) -> list[torch.Tensor]:

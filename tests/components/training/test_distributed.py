@@ -108,12 +108,15 @@ def test_two_processes_match_one_process_loss_and_gradients(depth):
     for step, expected in enumerate(reference):
         for rank, got in enumerate(ranks):
             got = got[step]
-            assert got["loss"] == pytest.approx(expected["loss"], abs=1e-5), (step, rank)
+            assert got["loss"] == pytest.approx(expected["loss"], rel=1e-6, abs=1e-5), (step, rank)
             assert list(got["grads"]) == list(expected["grads"])
             for name, g in expected["grads"].items():
                 if g is None:  # past the representation layer: no gradient, in both
                     assert got["grads"][name] is None or not got["grads"][name].any(), (step, rank, name)
                     continue
-                assert torch.allclose(got["grads"][name], g, atol=1e-5, rtol=1e-4), (step, rank, name)
+                # fp32 sums in another order differ by ~1e-6 of the tensor's scale, not of each element (an AMD
+                # CPU without AMX: entries of 10-40 moved by 3e-4): the tolerance follows the tensor's scale
+                scale = float(g.abs().max())
+                assert torch.allclose(got["grads"][name], g, atol=1e-5 + 2e-5 * scale, rtol=1e-4), (step, rank, name)
     used = [n for n, g in reference[0]["grads"].items() if g is not None and g.abs().sum() > 0]
     assert any("lora_A" in n for n in used) and any("lora_B" in n for n in used)
