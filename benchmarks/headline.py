@@ -44,6 +44,7 @@ import numpy as np
 
 from benchmarks import _results
 from benchmarks._cells import Budget, CellStore, cell_key, parse_budget
+from benchmarks._machine import cpu_flags
 from benchmarks._real_size import build_real, train_cell
 from benchmarks.datasets import DATASETS
 from components.data.augment import AugmentConfig
@@ -193,16 +194,14 @@ def teacher_cell(dataset: str, splits: dict, settings: Settings, epochs: int | N
             "dev_ap": average_precision(scores["dev"], splits["dev"]["match"].to_numpy())}
 
 
-def teacher_folder(dataset: str, splits: dict, settings: Settings, epochs: int, cell: dict, cache_dir: str | None
-                   ) -> tuple[str, dict | None]:
-    """The chosen teacher's folder; fine-tuned again (same data, config, seed) if this machine lacks it.
+def rebuild_teacher(dataset: str, splits: dict, settings: Settings, epochs: int, cell: dict, cache_dir: str | None
+                    ) -> tuple[str, dict]:
+    """The chosen teacher fine-tuned again (same data, config, seed) on a machine that lacks its folder.
 
     The cells travel with the repository, the fine-tuned teachers stay in a machine's cache: a new machine
     resuming the table rebuilds the teacher and says how far its dev scores are from the stored cell's
     (another CPU may round differently), so the students of the table never learn from an unknown teacher.
     """
-    if Path(cell["folder"]).is_dir():
-        return cell["folder"], None
     rebuilt = teacher_cell(dataset, splits, settings, epochs, cache_dir)
     gap = float(np.max(np.abs(np.asarray(rebuilt["scores"]["dev"]) - np.asarray(cell["scores"]["dev"]))))
     check = {"dev_ap": rebuilt["dev_ap"], "stored_dev_ap": cell["dev_ap"], "max_abs_dev_score_gap": gap}
@@ -226,7 +225,25 @@ def student_cell(dataset: str, splits: dict, settings: Settings, variant: str, s
                       augment=augment and dataclasses.replace(augment, seed=seed))
     cell["scores"] = {k: np.round(v, 6).tolist() for k, v in cell["scores"].items()}
     cell["brief"] = settings.brief(variant)
+    cell["cpu_flags"] = cpu_flags()
     return cell
+
+
+def expected_seconds(store: CellStore, dataset: str, settings_hash: str, flags: list[str]) -> float:
+    """The budget's guess for the next student cell of ``dataset`` at ``settings_hash``.
+
+    Cells of the same setting timed on a CPU with the same instruction sets come first; then the slowest of that
+    setting's cells on any CPU (older cells name no CPU, and a guess that is too short overruns the budget); then
+    the dataset's mean over every setting; then ``ASSUMED_SECONDS``.
+    """
+    runs = {k: c for k, c in store.cells.items() if k.startswith(f"{dataset}/") and "run_id" in c}
+    setting = [c for k, c in runs.items() if k.endswith(f"/{settings_hash}")]
+    here = [c["seconds"] for c in setting if c.get("cpu_flags") == flags]
+    if here:
+        return float(np.mean(here))
+    if setting:
+        return float(max(c["seconds"] for c in setting))
+    return float(np.mean([c["seconds"] for c in runs.values()])) if runs else ASSUMED_SECONDS["student"]
 
 
 def plan(datasets: list[str], settings: Settings, seeds: tuple[int, ...], chosen_epochs: dict[str, int | None]
@@ -383,8 +400,7 @@ def settings_tried(store: CellStore, labels: dict[str, dict[str, np.ndarray]]) -
         if "brief" not in cell or dataset not in labels or run in seen:
             continue
         seen.add(run)  # a reused cell (twin) is one run, counted once
-        name = "sup_only" if variant == "sup_only" else "flip"
-        brief = named.setdefault((name, settings_hash), cell["brief"])
+        brief = named.setdefault((setting_label(variant, ""), settings_hash), cell["brief"])
         dev = average_precision(np.array(cell["scores"]["dev"]), labels[dataset]["dev"])
         out.setdefault(setting_label(variant, brief), {}).setdefault(dataset, []).append(dev)
     return out
@@ -459,6 +475,7 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_c
     command = "python -m benchmarks.headline" + "".join(f" --best {b}" for b in best) + "".join(
         f" --set {o}" for o in overrides)
     splits_of: dict[str, dict] = {}
+    flags = cpu_flags()
     stopped = False
     with _mlflow.run("headline", EXPERIMENT):
         for dataset in names:
@@ -476,7 +493,7 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_c
             epochs, teacher = chosen_teacher(store, dataset, settings.teacher)
             if stopped or teacher is None:
                 continue
-            teacher_dir: str | None = None
+            teacher_dir: str | None = teacher["folder"] if Path(teacher["folder"]).is_dir() else None
             rebuilt: dict | None = None
             for _, variant, seed, key in pending(plan([dataset], settings, seeds, {dataset: epochs}), store, chosen):
                 same = twin(store, key)
@@ -484,14 +501,12 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_c
                     store.put(key, same)
                     click.echo(f"[headline] {dataset} {variant} seed {seed}: same settings as a stored cell, reused")
                     continue
-                done = [c["seconds"] for k, c in store.cells.items() if k.startswith(f"{dataset}/") and "run_id" in c]
-                missing_teacher = teacher_dir is None and not Path(teacher["folder"]).is_dir()
-                rebuild = ASSUMED_SECONDS["teacher"] if missing_teacher else 0
-                if not clock.allows((float(np.mean(done)) if done else ASSUMED_SECONDS["student"]) + rebuild):
+                rebuild = ASSUMED_SECONDS["teacher"] if teacher_dir is None else 0
+                if not clock.allows(expected_seconds(store, dataset, key.split("/")[-1], flags) + rebuild):
                     stopped = True
                     break
                 if teacher_dir is None:
-                    teacher_dir, rebuilt = teacher_folder(dataset, splits, settings, epochs, teacher, cache_dir)
+                    teacher_dir, rebuilt = rebuild_teacher(dataset, splits, settings, epochs, teacher, cache_dir)
                 cell = student_cell(dataset, splits, settings, variant, seed, teacher_dir, cache_dir)
                 if rebuilt is not None:
                     cell["teacher_rebuilt"] = rebuilt

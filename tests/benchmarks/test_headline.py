@@ -192,12 +192,27 @@ def test_a_teacher_missing_on_this_machine_is_rebuilt_and_checked_against_its_ce
     settings = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ())
     if fails:
         with pytest.raises(click.ClickException, match="not the stored one"):
-            headline.teacher_folder("d", {}, settings, 2, stored, None)
+            headline.rebuild_teacher("d", {}, settings, 2, stored, None)
         return
-    folder, check = headline.teacher_folder("d", {}, settings, 2, stored, None)
+    folder, check = headline.rebuild_teacher("d", {}, settings, 2, stored, None)
     assert folder == str(tmp_path / "new") and calls == [2]
     assert check["max_abs_dev_score_gap"] == pytest.approx(1e-3) and check["stored_dev_ap"] == 0.8
-    (tmp_path / "here").mkdir()
-    assert headline.teacher_folder("d", {}, settings, 2, {**stored, "folder": str(tmp_path / "here")}, None) == (
-        str(tmp_path / "here"), None)
-    assert calls == [2]
+
+
+AVX512 = ["avx2", "avx512f"]
+
+
+@pytest.mark.parametrize("cells, expected", [
+    ({}, headline.ASSUMED_SECONDS["student"]),  # nothing stored
+    ({"d/flip_best/seed0/other": (100.0, None), "d/sup_only/seed0/other2": (300.0, None)}, 200.0),  # dataset mean
+    ({"d/flip_best/seed0/h": (900.0, None), "d/flip_best/seed1/h": (1500.0, AVX512),
+      "d/flip_best/seed0/other": (100.0, None)}, 1500.0),  # the slowest of the setting on any CPU
+    ({"d/flip_best/seed0/h": (900.0, ["avx2"]), "d/flip_best/seed1/h": (1500.0, AVX512),
+      "d/flip_best/seed2/h": (1700.0, ["avx2"]), "e/flip_best/seed0/h": (5.0, ["avx2"])}, 1300.0),  # this CPU's
+])
+def test_the_budget_guesses_a_cells_time_from_its_setting_on_this_cpu_first(tmp_path, cells, expected):
+    store = CellStore(tmp_path / "cells.json")
+    for key, (seconds, flags) in cells.items():
+        store.put(key, {"seconds": seconds, "run_id": "r", **({"cpu_flags": flags} if flags else {})})
+    store.put("d/teacher_ft_e1/seed0/t", {"seconds": 1e6, "folder": "t"})  # a teacher cell is not a student run
+    assert headline.expected_seconds(store, "d", "h", ["avx2"]) == pytest.approx(expected)
