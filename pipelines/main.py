@@ -44,7 +44,7 @@ def data_argv(args: DataArgs) -> list[str]:
 @option("--student", default=STUDENT_DEFAULT, help="Student LLM (packaged name, folder or cached hub id).")
 @option("--teacher", default=TEACHER_DEFAULT, help="Base teacher SLM, fine-tuned by the teacher step.")
 @option("--teacher-epochs", type=click.IntRange(min=1), default=4, help="Teacher fine-tuning epochs.")
-@option("--epochs", type=click.FloatRange(min=0, min_open=True), default=3.0, help="Student training epochs.")
+@option("--epochs", type=click.FloatRange(min=0, min_open=True), default=5.0, help="Student training epochs.")
 @option("--max-steps", type=click.IntRange(min=0), default=0, help="Stop student training after this many steps.")
 @option("--train-options", default="", help="More `train` options, quoted: e.g. \"--rank 16 --w-mcl 0.5\".")
 @option("--output-dir", type=click.Path(file_okay=False), default="outputs/main", help="Where the steps write.")

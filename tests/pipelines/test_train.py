@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -149,10 +150,23 @@ def test_early_stopping_keeps_the_best_dev_checkpoint(mlflow_env, tiny_model_arg
     assert metrics[final] == pytest.approx(max(history.values()), abs=1e-9)
 
 
-def test_patience_without_eval_every_is_exit_2(mlflow_env, tiny_model_args):
-    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--patience", "2"])
+def test_patience_with_evaluation_off_is_exit_2(mlflow_env, tiny_model_args):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--patience", "2", "--eval-every", "0"])
     assert result.exit_code == 2, result.output
     assert "patience needs eval_every" in result.output
+
+
+@pytest.mark.parametrize("extra, eval_every, evaluated", [
+    ([], "125", [3]),  # the default: dev scored every 125 steps and after the last, the best step kept
+    (["--eval-every", "0"], "0", []),
+])
+def test_dev_evaluation_is_on_by_default_where_there_is_a_dev_split(mlflow_env, tiny_model_args, extra, eval_every,
+                                                                    evaluated):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + extra)
+    assert result.exit_code == 0, result.output
+    (run_id,) = run_ids(mlflow_env)
+    assert mlflow_env.get_run(run_id).data.params["train.eval_every"] == eval_every
+    assert [m.step for m in mlflow_env.get_metric_history(run_id, "early_stopping/dev_ap")] == evaluated
 
 
 def test_lora_in_the_top_blocks_fills_the_prefix_cache_once(mlflow_env, tiny_model_args, tmp_path):
@@ -217,3 +231,18 @@ def test_summary_names_the_teacher_and_goes_to_the_output_dir(mlflow_env, tiny_m
     for row in ("student", "teacher (base)", "all-positive baseline"):
         assert row in result.output[result.output.index("on test"):]
     assert not (tmp_path / "outputs" / "last_train.json").exists()
+
+
+def test_an_unset_eval_every_is_off_without_dev_pairs_and_an_explicit_one_is_kept():
+    import click
+
+    from components.training.trainer import TrainConfig
+    from pipelines._student_options import EVAL_EVERY, with_dev_evaluation
+
+    frame = pd.DataFrame({"text_a": ["a"], "text_b": ["b"], "match": [1]})
+    assert with_dev_evaluation(TrainConfig(), None, {"train": frame, "dev": frame}).eval_every == EVAL_EVERY
+    assert with_dev_evaluation(TrainConfig(), None, {"train": frame, "dev": frame.iloc[:0]}).eval_every == 0
+    assert with_dev_evaluation(TrainConfig(), None, {"train": frame}).eval_every == 0
+    assert with_dev_evaluation(TrainConfig(eval_every=7), 7, {"train": frame}).eval_every == 7
+    with pytest.raises(click.UsageError, match="--patience needs a dev split"):
+        with_dev_evaluation(TrainConfig(eval_every=EVAL_EVERY, patience=2), None, {"train": frame})
