@@ -3,8 +3,6 @@ optimiser, with METHOD.md's defaults, and the configs they build."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
 
 from components.losses.composite_loss import LOSS_PARTS, LossConfig
@@ -38,7 +36,8 @@ def student_model_option(func):
 EVAL_METRICS = {"ap": ("AP", average_precision), "roc_auc": ("ROC-AUC", roc_auc), "f1": ("F1", best_f1)}
 
 
-def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfig]:
+def configs_from_options(o: dict, splits: dict) -> tuple[EncoderConfig, LossConfig, TrainConfig]:
+    """The configs of the options, once the splits are known (an unset ``--eval-every`` depends on them)."""
     targets = o["target_modules"]
     encoder = EncoderConfig(rank=o["rank"], alpha=o["lora_alpha"], readout_rank=o["readout_rank"], readout=o["readout"],
                             dropout=o["lora_dropout"],
@@ -57,8 +56,7 @@ def configs_from_options(o: dict) -> tuple[EncoderConfig, LossConfig, TrainConfi
                         epochs=o["epochs"],
                         max_steps=o["max_steps"], seed=o["seed"], precision=o["precision"], naive=o["naive"],
                         scalar_learning_rate=o["scalar_learning_rate"], checkpoint_every=o.get("checkpoint_every", 0),
-                        eval_every=o["eval_every"] if o["eval_every"] is not None else EVAL_EVERY if o["patience"]
-                        else 0, patience=o["patience"], eval_metric=o["eval_metric"],
+                        eval_every=eval_every_for(o, splits), patience=o["patience"], eval_metric=o["eval_metric"],
                         pack_capacity=o.get("pack_capacity", TrainConfig.pack_capacity))
     return encoder, loss, train
 
@@ -147,13 +145,13 @@ def student_options(func):
     return func
 
 
-def with_dev_evaluation(train: TrainConfig, eval_every: int | None, splits: dict) -> TrainConfig:
-    """Resolve an unset ``--eval-every`` once the splits are known: the default where there is a dev split to
-    choose the best step on, else off (an explicit value without a dev split fails in the dev scorer)."""
-    if eval_every is not None:
-        return train
+def eval_every_for(o: dict, splits: dict) -> int:
+    """``--eval-every`` as given, or where unset: the default where there is a dev split to choose the best step
+    on, else off (an explicit value without a dev split fails in the dev scorer)."""
+    if o["eval_every"] is not None:
+        return o["eval_every"]
     if len(splits.get("dev", ())):
-        return dataclasses.replace(train, eval_every=EVAL_EVERY)
-    if train.patience:
+        return EVAL_EVERY
+    if o["patience"]:
         raise click.UsageError("--patience needs a dev split (give --dev, or --data to split)")
-    return dataclasses.replace(train, eval_every=0)
+    return 0

@@ -56,7 +56,6 @@ from pipelines._student_options import (
     configs_from_options,
     student_model_option,
     student_options,
-    with_dev_evaluation,
 )
 from pipelines.score import filter_options, score_and_filter, teacher_options
 
@@ -366,12 +365,15 @@ def cli(data_args, **o) -> dict:
         distributed.close()
 
 
+def _splits_and_configs(data_args, work: Path, o: dict) -> tuple[dict, tuple]:
+    splits = load_splits(data_args, work, o["seed"])
+    return splits, configs_from_options(o, splits)
+
+
 def _train_worker(data_args, o: dict, distributed: DistributedContext) -> dict:
     """A rank other than 0: the same data and training, no MLflow, no artifacts, no checkpoints."""
-    encoder_config, loss_config, train_config = configs_from_options(o)
     with _mlflow.scratch_dir() as work:
-        splits = load_splits(data_args, work, o["seed"])
-        train_config = with_dev_evaluation(train_config, o["eval_every"], splits)
+        splits, (encoder_config, loss_config, train_config) = _splits_and_configs(data_args, work, o)
         train_student(splits, student=o["student"], teacher=o["teacher"], cache_dir=o["cache_dir"],
                       encoder_config=encoder_config, loss_config=loss_config, train_config=train_config,
                       filter_scope=o["filter_scope"], no_filter=not o["noise_filter"],
@@ -383,21 +385,18 @@ def _train_worker(data_args, o: dict, distributed: DistributedContext) -> dict:
 
 
 def _train_main(data_args, o: dict, distributed: DistributedContext) -> dict:
-    encoder_config, loss_config, train_config = configs_from_options(o)
     started = time.perf_counter()
     resume_id = resume_target(o["resume"], o["cache_dir"])
     with _mlflow.scratch_dir() as work:
+        # before any run starts: bad data or options leave no run behind
+        splits, (encoder_config, loss_config, train_config) = _splits_and_configs(data_args, work, o)
         resume = None
         if resume_id:  # checked before the run is reopened: a refused resume leaves the run as it was
-            splits = load_splits(data_args, work, o["seed"])
-            train_config = with_dev_evaluation(train_config, o["eval_every"], splits)
             config = fingerprint_config(o, data_args, splits)
             resume = load_checkpoint(latest_checkpoint(checkpoint_folder(o["cache_dir"], resume_id)), config)
         with _mlflow.run("train", o["experiment"], run_id=resume_id) as active:
             run_id, experiment = active.info.run_id, _mlflow.experiment_name(active)
             if resume is None:
-                splits = load_splits(data_args, work, o["seed"])
-                train_config = with_dev_evaluation(train_config, o["eval_every"], splits)
                 log_splits(splits)
                 _mlflow.log_params({"data": data_args.__dict__, "student": o["student"], "teacher": o["teacher"],
                                     "encoder": encoder_config.to_dict(),

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipelines import evaluate, train
+from pipelines._student_options import EVAL_EVERY
 
 FAST = ["--max-steps", "3", "--rank", "4", "--lora-alpha", "8", "--batch-size", "8", "--max-length", "16",
         "--precision", "fp32"]
@@ -233,16 +234,25 @@ def test_summary_names_the_teacher_and_goes_to_the_output_dir(mlflow_env, tiny_m
     assert not (tmp_path / "outputs" / "last_train.json").exists()
 
 
-def test_an_unset_eval_every_is_off_without_dev_pairs_and_an_explicit_one_is_kept():
+@pytest.mark.parametrize("given, patience, has_dev, expected", [
+    (None, 0, True, EVAL_EVERY),
+    (None, 2, True, EVAL_EVERY),
+    (None, 0, False, 0),
+    (None, 0, "empty", 0),
+    (7, 0, False, 7),
+    (0, 0, True, 0),
+    (None, 2, False, "--patience needs a dev split"),
+])
+def test_an_unset_eval_every_is_the_default_with_dev_pairs_and_off_without(given, patience, has_dev, expected):
     import click
 
-    from components.training.trainer import TrainConfig
-    from pipelines._student_options import EVAL_EVERY, with_dev_evaluation
+    from pipelines._student_options import eval_every_for
 
     frame = pd.DataFrame({"text_a": ["a"], "text_b": ["b"], "match": [1]})
-    assert with_dev_evaluation(TrainConfig(), None, {"train": frame, "dev": frame}).eval_every == EVAL_EVERY
-    assert with_dev_evaluation(TrainConfig(), None, {"train": frame, "dev": frame.iloc[:0]}).eval_every == 0
-    assert with_dev_evaluation(TrainConfig(), None, {"train": frame}).eval_every == 0
-    assert with_dev_evaluation(TrainConfig(eval_every=7), 7, {"train": frame}).eval_every == 7
-    with pytest.raises(click.UsageError, match="--patience needs a dev split"):
-        with_dev_evaluation(TrainConfig(eval_every=EVAL_EVERY, patience=2), None, {"train": frame})
+    splits = {"train": frame, **({"dev": frame.iloc[:0] if has_dev == "empty" else frame} if has_dev else {})}
+    options = {"eval_every": given, "patience": patience}
+    if isinstance(expected, str):
+        with pytest.raises(click.UsageError, match=expected):
+            eval_every_for(options, splits)
+    else:
+        assert eval_every_for(options, splits) == expected
