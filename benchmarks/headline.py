@@ -24,7 +24,8 @@ student rows: ``mix``, a logistic fit on dev of the fine-tuned teacher's and the
 
 Reported on test: F1 at the dev threshold, AP and ROC-AUC per seed (mean ± std), and for the seed-averaged scores
 (each pair's score averaged over the seeds, its threshold chosen on dev the same way) F1 with a paired bootstrap
-95% interval over test pairs of flip minus teacher_finetuned and flip minus sup_only.
+95% interval over test pairs of flip minus teacher_finetuned and flip minus sup_only, and beside it the same
+interval of test AP, which needs no threshold (where dev and test differ, F1 also reads where dev put it).
 
 Cells are stored the moment they finish (``benchmarks/results/headline_cells/<dataset>/<variant>-<hash>.json``:
 figures and every dev/test score, keyed by dataset, variant, seed and settings hash) and skipped by a later run with
@@ -143,12 +144,17 @@ def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
     return classification_metrics(scores, labels, threshold)["f1"]
 
 
+def _resamples(size: int, n: int, seed: int) -> np.ndarray:
+    """Indices of ``n`` resamples of ``size`` test pairs with replacement (one seed: both intervals see the same)."""
+    return np.random.default_rng(seed).integers(0, size, size=(n, size))
+
+
 def paired_bootstrap_f1(labels: np.ndarray, first: np.ndarray, second: np.ndarray, n: int = BOOTSTRAP,
                         seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of F1(first) - F1(second) over test pairs resampled with replacement (the same
     resample for both: paired). ``first``/``second`` are the boolean decisions."""
     labels, first, second = (np.asarray(x, dtype=bool) for x in (labels, first, second))
-    index = np.random.default_rng(seed).integers(0, len(labels), size=(n, len(labels)))
+    index = _resamples(len(labels), n, seed)
     y = labels[index]
 
     def f1(decisions: np.ndarray) -> np.ndarray:
@@ -160,12 +166,25 @@ def paired_bootstrap_f1(labels: np.ndarray, first: np.ndarray, second: np.ndarra
     return float(low), float(high)
 
 
+def paired_bootstrap_ap(labels: np.ndarray, first: np.ndarray, second: np.ndarray, n: int = BOOTSTRAP,
+                        seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of AP(first) - AP(second) over the same paired resamples as the F1 interval.
+    ``first``/``second`` are scores: AP needs no threshold, so it reads the ranking apart from where dev put the
+    threshold (a resample without a positive pair is skipped)."""
+    labels = np.asarray(labels, dtype=bool)
+    first, second = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    gaps = [average_precision(first[i], labels[i]) - average_precision(second[i], labels[i])
+            for i in _resamples(len(labels), n, seed) if labels[i].any()]
+    low, high = np.percentile(gaps, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def scored(dev: np.ndarray, test: np.ndarray, dev_labels: np.ndarray, test_labels: np.ndarray) -> dict[str, Any]:
     """Test figures of scores whose threshold is chosen on dev, and the test decisions."""
     threshold = best_f1_threshold(dev, dev_labels)
     return {"threshold": threshold, "f1": f1_at(test, test_labels, threshold),
             "ap": average_precision(test, test_labels), "roc_auc": roc_auc(test, test_labels),
-            "dev_ap": average_precision(dev, dev_labels), "decisions": test >= threshold}
+            "dev_ap": average_precision(dev, dev_labels), "decisions": test >= threshold, "test_scores": test}
 
 
 def mix_scores(dev: list[np.ndarray], test: list[np.ndarray], dev_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -327,18 +346,19 @@ def summarise(store: CellStore, datasets: list[str], settings: Settings, seeds: 
                         "seconds": float(np.mean([c["seconds"] for c in cells]))})
             rows[variant] = row
         flip = "flip_best" if settings.best and "flip_best" in rows else "flip_full"
-        cis = {}
+        cis, ap_cis = {}, {}
         if flip in rows:
             for other in ("teacher_finetuned", "sup_only"):
                 if other in rows:
                     cis[other] = paired_bootstrap_f1(test_y, rows[flip]["decisions"], rows[other]["decisions"])
+                    ap_cis[other] = paired_bootstrap_ap(test_y, rows[flip]["test_scores"], rows[other]["test_scores"])
             if "teacher_finetuned" in rows:
                 dev_p, test_p = mix_scores([np.array(teacher["scores"]["dev"]), rows[flip]["dev_mean"]],
                                            [np.array(teacher["scores"]["test"]), rows[flip]["test_mean"]],
                                            dev_y)
                 rows["mix"] = scored(dev_p, test_p, dev_y, test_y)
-        out[dataset] = {"rows": rows, "flip": flip, "cis": cis, "missing": missing, "teacher_epochs": epochs,
-                        "sizes": {k: int(len(v)) for k, v in labels[dataset].items()}}
+        out[dataset] = {"rows": rows, "flip": flip, "cis": cis, "ap_cis": ap_cis, "missing": missing,
+                        "teacher_epochs": epochs, "sizes": {k: int(len(v)) for k, v in labels[dataset].items()}}
     return out
 
 
@@ -371,9 +391,12 @@ def render(summary: dict[str, Any], command: str) -> str:
                           f"`{s['flip']}` seed-averaged scores): test F1 {m['f1']:.3f}, AP {m['ap']:.3f}, ROC-AUC "
                           f"{m['roc_auc']:.3f}."]
         for other, (low, high) in s["cis"].items():
+            ap_low, ap_high = s["ap_cis"][other]
+            flip_row, other_row = s["rows"][s["flip"]], s["rows"][other]
             lines.append(f"- `{s['flip']}` minus `{other}`, test F1 of seed-averaged scores: "
-                         f"{s['rows'][s['flip']]['f1'] - s['rows'][other]['f1']:+.3f}, 95% interval "
-                         f"[{low:+.3f}, {high:+.3f}]")
+                         f"{flip_row['f1'] - other_row['f1']:+.3f}, 95% interval [{low:+.3f}, {high:+.3f}]; "
+                         f"test AP (no threshold): {flip_row['ap'] - other_row['ap']:+.3f}, "
+                         f"[{ap_low:+.3f}, {ap_high:+.3f}]")
         if s["missing"]:
             lines.append(f"- missing cells: {', '.join(s['missing'])}")
     briefs = {row["brief"] for s in summary.values() for row in s["rows"].values() if "brief" in row}
@@ -430,6 +453,9 @@ def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> 
             "flip_full_f1": f1.get("flip_full"), "mix_f1": f1.get("mix"),
             "flip_minus_teacher_ci": list(s["cis"]["teacher_finetuned"]) if "teacher_finetuned" in s["cis"] else None,
             "flip_minus_sup_ci": list(s["cis"]["sup_only"]) if "sup_only" in s["cis"] else None,
+            "flip_minus_teacher_ap_ci": (list(s["ap_cis"]["teacher_finetuned"])
+                                         if "teacher_finetuned" in s["ap_cis"] else None),
+            "flip_minus_sup_ap_ci": list(s["ap_cis"]["sup_only"]) if "sup_only" in s["ap_cis"] else None,
             "per_seed": {name: {k: row[k] for k in ("f1_seeds", "ap_seeds", "roc_auc_seeds", "dev_ap_seeds")}
                          for name, row in rows.items() if "f1_seeds" in row},
             "teacher_epochs": s["teacher_epochs"], "sizes": s["sizes"], "missing": s["missing"],

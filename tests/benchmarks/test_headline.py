@@ -4,7 +4,16 @@ import pytest
 
 from benchmarks import headline
 from benchmarks._cells import CellStore
-from benchmarks.headline import Settings, chosen_teacher, headline_json, paired_bootstrap_f1, plan, render, summarise
+from benchmarks.headline import (
+    Settings,
+    chosen_teacher,
+    headline_json,
+    paired_bootstrap_ap,
+    paired_bootstrap_f1,
+    plan,
+    render,
+    summarise,
+)
 from components.losses.composite_loss import LossConfig
 from components.student.lora_encoder import EncoderConfig
 from components.training.trainer import TrainConfig
@@ -20,6 +29,19 @@ def test_paired_bootstrap_interval():
     low, high = paired_bootstrap_f1(labels, good, poor)
     assert 0 < low < high
     low, high = paired_bootstrap_f1(labels, poor, good)
+    assert low < high < 0
+
+
+def test_paired_bootstrap_ap_interval_reads_the_ranking_and_ignores_any_threshold():
+    rng = np.random.default_rng(0)
+    labels = rng.random(300) < 0.4
+    sharp = labels + 0.8 * rng.standard_normal(300)
+    blurred = labels + 3.0 * rng.standard_normal(300)
+    assert paired_bootstrap_ap(labels, sharp, sharp) == (0.0, 0.0)
+    assert paired_bootstrap_ap(labels, sharp, 10 * sharp - 4) == (0.0, 0.0)  # a monotone map keeps the ranking
+    low, high = paired_bootstrap_ap(labels, sharp, blurred)
+    assert 0 < low < high
+    low, high = paired_bootstrap_ap(labels, blurred, sharp)
     assert low < high < 0
 
 
@@ -53,11 +75,13 @@ def test_summary_chooses_the_teacher_on_dev_and_names_missing_cells(tmp_path):
     assert summary["teacher_epochs"] == 2
     assert summary["missing"] == ["flip_full/seed1"]
     assert summary["rows"]["sup_only"]["seeds"] == 2 and summary["rows"]["flip_full"]["seeds"] == 1
-    assert set(summary["cis"]) == {"teacher_finetuned", "sup_only"} and "mix" in summary["rows"]
+    assert set(summary["cis"]) == set(summary["ap_cis"]) == {"teacher_finetuned", "sup_only"}
+    assert "mix" in summary["rows"]
     text = render({"d": summary}, "python -m benchmarks.headline")
     assert "missing cells: flip_full/seed1" in text and "| `teacher_finetuned` |" in text
     data = headline_json({"d": summary}, settings, "cmd")["d"]
     assert data["flip_variant"] == "flip_full" and len(data["flip_minus_teacher_ci"]) == 2
+    assert len(data["flip_minus_teacher_ap_ci"]) == len(data["flip_minus_sup_ap_ci"]) == 2
     assert data["teacher_finetuned_f1"] == pytest.approx(summary["rows"]["teacher_finetuned"]["f1"])
 
 
