@@ -110,6 +110,28 @@ def test_unknown_datasets_or_variants_fail_before_any_work(argv, hint, monkeypat
     assert result.exit_code == 2 and hint in result.output and "a comma list of" in result.output
 
 
+def test_the_all_pairs_lever_reads_stsbenchmark_with_every_train_pair_and_the_same_dev_and_test(tmp_path,
+                                                                                               monkeypatch):
+    from click.testing import CliRunner
+
+    from benchmarks import headline
+
+    built = []
+
+    def fake_build(dataset, counts, *args, **kwargs):
+        built.append((dataset, counts))
+        raise RuntimeError("stop after building")
+
+    monkeypatch.setattr(headline, "build_real", fake_build)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = CliRunner().invoke(headline.cli, ["--datasets", "stsbenchmark_all", "--render"])
+    assert isinstance(result.exception, RuntimeError)
+    (name, counts), = built
+    assert name == "stsbenchmark" and counts["max_train"] is None
+    assert {k: v for k, v in counts.items() if k != "max_train"} == {
+        k: v for k, v in headline.COUNTS["stsbenchmark"].items() if k != "max_train"}
+
+
 def test_students_wait_for_every_teacher_epoch(tmp_path):
     store, settings, labels = fake_store(tmp_path, with_students=False)
     del store.cells[next(k for k in store.cells if "teacher_ft_e4" in k)]
