@@ -124,6 +124,8 @@ class Settings:
         encoder, loss, train = self.student(variant)
         augment = self.extra_pairs(variant)
         steps = f"{train.max_steps} steps" if train.max_steps else f"{train.epochs:g} epochs"
+        if train.eval_every:  # a --set eval_every is no --best, so say it here
+            steps += f" (best of every {train.eval_every} steps on dev)"
         return (f"lr {train.learning_rate:g}, {steps} of {train.batch_size}, clip {train.clip_mode} "
                 f"{train.clip_value:g}, w {loss.w_sup:g}/{loss.w_dist:g}/{loss.w_mcl:g}, tau {loss.temperature:g}, "
                 f"rank {encoder.rank}, "
