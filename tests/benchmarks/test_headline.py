@@ -219,6 +219,9 @@ def test_the_decoder_path_can_be_the_flip_setting_but_a_variant_keeps_its_loss_p
     assert joint.student_hash("flip_best", 2) != plain.student_hash("flip_best", 2)
     assert joint.student_hash("sup_only", 2) == plain.student_hash("sup_only", 2)
     assert "best: sup_mode=generative" in joint.brief("flip_best")
+    for fixed in ("parts=sup", "train.seed=3"):
+        with pytest.raises(Exception, match="set by each variant"):
+            Settings(EncoderConfig(), LossConfig(), TrainConfig(), (fixed,)).student("flip_best")
 
 
 def test_the_brief_names_a_checkpoint_choice_set_with_set_as_well_as_with_best():
@@ -226,9 +229,6 @@ def test_the_brief_names_a_checkpoint_choice_set_with_set_as_well_as_with_best()
     chosen = Settings(EncoderConfig(), LossConfig(), TrainConfig(epochs=3, eval_every=125), ())
     assert "best of every" not in plain.brief("sup_only")
     assert "3 epochs (best of every 125 steps on dev)" in chosen.brief("sup_only")
-    for fixed in ("parts=sup", "train.seed=3"):
-        with pytest.raises(Exception, match="set by each variant"):
-            Settings(EncoderConfig(), LossConfig(), TrainConfig(), (fixed,)).student("flip_best")
 
 
 @pytest.mark.parametrize("rebuilt_ap, fails", [(0.801, False), (0.79, True)])
