@@ -9,8 +9,7 @@ Data (``benchmarks.datasets``, from ``../shared/data``): banking77 (2,000 train 
 train file's utterances, 1,600 test pairs built from its test utterances), mediqa2019_rqe (2,000 train pairs; dev =
 the 295 validation pairs plus whole groups of training pairs up to 600; the whole test file, 230 pairs) and
 stsbenchmark (2,000 train, 600 dev, the whole test file, 1,378 pairs; ``stsbenchmark_all``, a lever, trains on all
-its train pairs). Dev chooses every threshold, checkpoint and
-setting; test is read once per cell.
+its train pairs). Dev chooses every threshold, checkpoint and setting; test is read once per cell.
 
 Variants, per dataset: ``teacher_base`` (the off-the-shelf MiniLM), ``teacher_finetuned`` (MiniLM fine-tuned with
 CoSENT on train for E epochs, E in ``TEACHER_EPOCHS`` chosen on dev AP: every E is a cell), then over 3 seeds, all
