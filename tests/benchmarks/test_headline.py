@@ -6,15 +6,18 @@ from benchmarks import headline
 from benchmarks._cells import CellStore
 from benchmarks.headline import (
     Settings,
+    _resamples,
     chosen_teacher,
     headline_json,
     paired_bootstrap_ap,
     paired_bootstrap_f1,
     plan,
     render,
+    resampled_ap,
     summarise,
 )
 from components.losses.composite_loss import LossConfig
+from components.metrics import average_precision
 from components.student.lora_encoder import EncoderConfig
 from components.training.trainer import TrainConfig
 
@@ -43,6 +46,18 @@ def test_paired_bootstrap_ap_interval_reads_the_ranking_and_ignores_any_threshol
     assert 0 < low < high
     low, high = paired_bootstrap_ap(labels, blurred, sharp)
     assert low < high < 0
+
+
+@pytest.mark.parametrize("distinct", [300, 7, 1])  # all scores apart, many ties, one score for every pair
+def test_resampled_ap_is_scikit_learns_average_precision_on_each_resample(distinct):
+    rng = np.random.default_rng(2)
+    labels = rng.random(300) < 0.3
+    scores = np.round(labels + rng.standard_normal(300), 6) if distinct == 300 else rng.integers(0, distinct, 300) / 3
+    index = np.vstack([_resamples(300, 20, 0), np.full((1, 300), np.flatnonzero(~labels)[0])])
+    got = resampled_ap(scores, labels, index)
+    want = [average_precision(scores[i], labels[i]) for i in index]
+    assert np.isnan(got[-1]) and np.isnan(want[-1])  # a resample of negatives only
+    np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-12)
 
 
 def fake_store(tmp_path, with_students: bool) -> tuple[CellStore, Settings, dict]:
