@@ -174,7 +174,7 @@ def paired_bootstrap_f1(labels: np.ndarray, first: np.ndarray, second: np.ndarra
 
 def resampled_ap(scores: np.ndarray, labels: np.ndarray, index: np.ndarray) -> np.ndarray:
     """scikit-learn's average precision of ``scores`` on every resample (a row of ``index``) at once, NaN for a
-    resample without a positive pair. Vectorised over the rows (one call per resample took most of the render):
+    resample without a positive pair. Vectorised over the rows (a scikit-learn call per resample was slow):
     scores become dense ranks, each row counts its pairs and positives per rank, and precision is read at each
     distinct score from the top, ties together, as scikit-learn does."""
     labels = np.asarray(labels, dtype=bool)
