@@ -50,7 +50,7 @@ from benchmarks._real_size import build_real, train_cell
 from benchmarks.datasets import DATASETS
 from components.data.augment import AugmentConfig
 from components.losses.composite_loss import LossConfig
-from components.metrics import average_precision, best_f1_threshold, classification_metrics, roc_auc
+from components.metrics import average_precision, best_f1, best_f1_threshold, classification_metrics, roc_auc
 from components.models import TEACHER_DEFAULT
 from components.student.lora_encoder import EncoderConfig
 from components.teacher.finetune import TeacherFinetuneConfig
@@ -204,6 +204,7 @@ def scored(dev: np.ndarray, test: np.ndarray, dev_labels: np.ndarray, test_label
     """Test figures of scores whose threshold is chosen on dev, and the test decisions."""
     threshold = best_f1_threshold(dev, dev_labels)
     return {"threshold": threshold, "f1": f1_at(test, test_labels, threshold),
+            "hindsight_f1": best_f1(test, test_labels),
             "ap": average_precision(test, test_labels), "roc_auc": roc_auc(test, test_labels),
             "dev_ap": average_precision(dev, dev_labels), "decisions": test >= threshold, "test_scores": test}
 
@@ -378,9 +379,17 @@ def summarise(store: CellStore, datasets: list[str], settings: Settings, seeds: 
                                            [np.array(teacher["scores"]["test"]), rows[flip]["test_mean"]],
                                            dev_y)
                 rows["mix"] = scored(dev_p, test_p, dev_y, test_y)
+        rate = {k: float(np.mean(np.asarray(v) >= 0.5)) for k, v in labels[dataset].items()}
         out[dataset] = {"rows": rows, "flip": flip, "cis": cis, "ap_cis": ap_cis, "missing": missing,
+                        "match_rate": rate, "all_match_f1": all_match_f1(test_y),
                         "teacher_epochs": epochs, "sizes": {k: int(len(v)) for k, v in labels[dataset].items()}}
     return out
+
+
+def all_match_f1(labels: np.ndarray) -> float:
+    """F1 of calling every pair a match: the floor a thresholded scorer should clear (2p / (1 + p))."""
+    rate = float(np.mean(np.asarray(labels) >= 0.5))
+    return 2 * rate / (1 + rate)
 
 
 def _seed_stat(values: list[float]) -> str:
@@ -418,6 +427,11 @@ def render(summary: dict[str, Any], command: str) -> str:
                          f"{flip_row['f1'] - other_row['f1']:+.3f}, 95% interval [{low:+.3f}, {high:+.3f}]; "
                          f"test AP (no threshold): {flip_row['ap'] - other_row['ap']:+.3f}, "
                          f"[{ap_low:+.3f}, {ap_high:+.3f}]")
+        rate = s["match_rate"]
+        hindsight = ", ".join(f"`{name}` {row['hindsight_f1']:.3f}" for name, row in s["rows"].items())
+        lines.append(f"- for scale: calling every test pair a match scores test F1 {s['all_match_f1']:.3f} (match "
+                     f"rate test {rate.get('test', 0):.3f}, dev {rate.get('dev', 0):.3f}); the best test F1 any "
+                     f"threshold reaches, in hindsight (not a selection): {hindsight}")
         if s["missing"]:
             lines.append(f"- missing cells: {', '.join(s['missing'])}")
     briefs = {row["brief"] for s in summary.values() for row in s["rows"].values() if "brief" in row}
@@ -479,6 +493,8 @@ def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> 
             "flip_minus_sup_ap_ci": list(s["ap_cis"]["sup_only"]) if "sup_only" in s["ap_cis"] else None,
             "per_seed": {name: {k: row[k] for k in ("f1_seeds", "ap_seeds", "roc_auc_seeds", "dev_ap_seeds")}
                          for name, row in rows.items() if "f1_seeds" in row},
+            "all_match_f1": s["all_match_f1"], "match_rate": s["match_rate"],
+            "hindsight_f1": {name: row["hindsight_f1"] for name, row in rows.items()},
             "teacher_epochs": s["teacher_epochs"], "sizes": s["sizes"], "missing": s["missing"],
             "settings": {name: row["brief"] for name, row in rows.items() if "brief" in row}}
     return out

@@ -8,6 +8,7 @@ from benchmarks.headline import (
     Settings,
     _resamples,
     chosen_teacher,
+    f1_at,
     headline_json,
     paired_bootstrap_ap,
     paired_bootstrap_f1,
@@ -284,3 +285,19 @@ def test_the_budget_guesses_a_cells_time_from_its_setting_on_this_cpu_first(tmp_
         store.put(key, {"seconds": seconds, "run_id": "r", **({"cpu_flags": flags} if flags else {})})
     store.put("d/teacher_ft_e1/seed0/t", {"seconds": 1e6, "folder": "t"})  # a teacher cell is not a student run
     assert headline.expected_seconds(store, "d", "h", ["avx2"]) == pytest.approx(expected)
+
+
+def test_the_table_gives_the_all_match_floor_and_each_rows_hindsight_f1(tmp_path):
+    store, settings, labels = fake_store(tmp_path, with_students=True)
+    summary = summarise(store, ["d"], settings, (0, 1), {"d": labels})["d"]
+    rate = labels["test"].mean()
+    assert summary["all_match_f1"] == pytest.approx(2 * rate / (1 + rate))
+    assert summary["all_match_f1"] == pytest.approx(f1_at(np.ones(len(labels["test"])), labels["test"], 0.5))
+    assert summary["match_rate"] == pytest.approx({"dev": labels["dev"].mean(), "test": rate})
+    for row in summary["rows"].values():
+        assert row["f1"] <= row["hindsight_f1"] + 1e-12  # the dev threshold cannot beat test's own best
+    assert any(row["f1"] < row["hindsight_f1"] for row in summary["rows"].values())
+    text = render({"d": summary}, "cmd")
+    assert f"calling every test pair a match scores test F1 {summary['all_match_f1']:.3f}" in text
+    data = headline_json({"d": summary}, settings, "cmd")["d"]
+    assert set(data["hindsight_f1"]) == set(summary["rows"]) and data["all_match_f1"] == summary["all_match_f1"]
