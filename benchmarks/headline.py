@@ -134,6 +134,18 @@ class Settings:
                 + (f"; best: {', '.join(self.best)}" if variant == "flip_best" and self.best else ""))
 
 
+def make_settings(best: tuple[str, ...], overrides: tuple[str, ...]) -> Settings:
+    """The settings of ``--best`` and ``--set`` (a bad key fails here, before any work)."""
+    from benchmarks._quality_plan import apply_overrides
+
+    encoder, loss, train, augment = EncoderConfig(), LossConfig(), TrainConfig(), AugmentConfig()
+    apply_overrides({"encoder": encoder, "loss": loss, "train": train, "augment": augment}, list(overrides),
+                    fixed=FIXED_BY_VARIANT)
+    settings = Settings(encoder, loss, train, tuple(best), augment=augment)
+    settings.student("flip_best")
+    return settings
+
+
 def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -519,16 +531,12 @@ def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> 
 def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_count: int, variants: str,
         budget: str | None, render_only: bool, cache_dir: str | None) -> None:
     """The flipped student against its fine-tuned teacher and sup_only at real sizes (resumable)."""
-    from benchmarks._quality_plan import _comma_list, apply_overrides
+    from benchmarks._quality_plan import _comma_list
     from pipelines import _mlflow
 
     names = _comma_list(datasets, list(COUNTS), "--datasets")
     chosen = tuple(_comma_list(variants, list(STUDENTS), "--variants"))
-    encoder, loss, train, augment = EncoderConfig(), LossConfig(), TrainConfig(), AugmentConfig()
-    apply_overrides({"encoder": encoder, "loss": loss, "train": train, "augment": augment}, list(overrides),
-                    fixed=FIXED_BY_VARIANT)
-    settings = Settings(encoder, loss, train, tuple(best), augment=augment)
-    settings.student("flip_best")  # a bad --best key fails here, before any work
+    settings = make_settings(best, overrides)
     store = CellStore(CELLS_DIR, shard=True)
     seeds = SEEDS[:seed_count]
     clock = Budget(parse_budget(budget) if budget else None)
