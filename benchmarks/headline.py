@@ -351,6 +351,11 @@ def chosen_teacher(store: CellStore, dataset: str, teacher: str) -> tuple[int | 
 # ----------------------------------------------------------------------------------------------- report
 
 
+def stored_cells(store: CellStore, order: list[tuple[str, str, int, str]], variant: str) -> list[dict]:
+    """The stored cells of one student variant in a :func:`plan` order (its seeds that have run)."""
+    return [store.get(key) for _, v, _, key in order if v == variant and key in store]
+
+
 def summarise(store: CellStore, datasets: list[str], settings: Settings, seeds: tuple[int, ...],
               labels: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -365,8 +370,7 @@ def summarise(store: CellStore, datasets: list[str], settings: Settings, seeds: 
             if cell is not None:
                 rows[name] = scored(np.array(cell["scores"]["dev"]), np.array(cell["scores"]["test"]), dev_y, test_y)
         for variant in STUDENTS:
-            cells = [store.get(key) for _, v, _, key in order if v == variant]
-            cells = [c for c in cells if c is not None]
+            cells = stored_cells(store, order, variant)
             if not cells:
                 continue
             per_seed = [scored(np.array(c["scores"]["dev"]), np.array(c["scores"]["test"]), dev_y, test_y)

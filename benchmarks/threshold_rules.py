@@ -29,9 +29,11 @@ from benchmarks.headline import (
     SEEDS,
     SOURCE,
     STUDENTS,
+    Settings,
     chosen_teacher,
     make_settings,
     plan,
+    stored_cells,
 )
 from components.metrics import best_f1_threshold, classification_metrics
 
@@ -61,7 +63,7 @@ def smoothed_f1_threshold(scores: np.ndarray, labels: np.ndarray, resamples: int
     return float(candidates[int(np.argmax(f1.mean(0)))])
 
 
-RULES = {"f1_max": lambda s, y: best_f1_threshold(s, y), "smoothed": smoothed_f1_threshold}
+RULES = {"f1_max": best_f1_threshold, "smoothed": smoothed_f1_threshold}
 
 
 def half_to_half(scores: np.ndarray, labels: np.ndarray, splits: int, seed: int = 0) -> dict[str, list[float]]:
@@ -78,7 +80,7 @@ def half_to_half(scores: np.ndarray, labels: np.ndarray, splits: int, seed: int 
     return out
 
 
-def dev_scores(store: CellStore, dataset: str, settings) -> dict[str, np.ndarray]:
+def dev_scores(store: CellStore, dataset: str, settings: Settings) -> dict[str, np.ndarray]:
     """Dev scores of the headline table's scorers: the chosen fine-tuned teacher and each student variant's
     seed-averaged scores (the stored seeds)."""
     epochs, teacher = chosen_teacher(store, dataset, settings.teacher)
@@ -87,7 +89,7 @@ def dev_scores(store: CellStore, dataset: str, settings) -> dict[str, np.ndarray
     out = {"teacher_finetuned": np.asarray(teacher["scores"]["dev"], dtype=np.float64)}
     order = plan([dataset], settings, SEEDS, {dataset: epochs})
     for variant in STUDENTS:
-        cells = [store.get(key) for _, v, _, key in order if v == variant and key in store]
+        cells = stored_cells(store, order, variant)
         if cells:
             out[variant] = np.mean([c["scores"]["dev"] for c in cells], axis=0)
     return out
