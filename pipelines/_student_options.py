@@ -100,9 +100,10 @@ def student_options(func):
         option("--sup-mode", type=click.Choice(["representation", "generative"]), default="representation",
                help="L_sup on the pair cosine (BCE) or on the label word (decoder path)."),
         option("--distill-mode", type=click.Choice(list(DISTILL_MODES)), default=LossConfig.distill_mode,
-               help="Form of L_dist: mse of (S+1)/2 against T (METHOD.md), row-wise kl, or prob: the student's "
-                    "P(match) through L_sup's scale and bias against the teacher's (Bernoulli KL)."),
-        option("--distill-temperature", type=POSITIVE, default=0.05, help="Student temperature of L_dist (kl)."),
+               help="Form of L_dist: mse of (S+1)/2 against T (METHOD.md), row-wise kl, prob: the student's "
+                    "P(match) through L_sup's scale and bias against the teacher's (Bernoulli KL), or rank: the "
+                    "teacher's order of the pairs, CoSENT's form (scale-free)."),
+        option("--distill-temperature", type=POSITIVE, default=0.05, help="Student temperature of L_dist (kl, rank)."),
         option("--distill-teacher-temperature", type=POSITIVE, default=0.05, help="Teacher temperature (kl)."),
         option("--margin", type=click.FloatRange(min=0), default=0.06, help="MCL angular margin m_c (radians)."),
         option("--temperature", type=POSITIVE, default=LossConfig.temperature,

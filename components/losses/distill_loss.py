@@ -5,6 +5,7 @@ Over the kept entries E (the diagonal pairs the noise filter kept, and every off
     mse (default):  L_dist = mean_{(i,j) in E} ((S_ij + 1) / 2 - T_ij)^2
     kl (option):    L_dist = mean_i KL( softmax_E(T_i / tau_t) || softmax_E(S_i / tau) )
     prob (option):  L_dist = mean_{(i,j) in E} KL( Bern(T_ij) || Bern(sigmoid(head(S_ij))) )
+    rank (option):  L_dist = log(1 + sum_{p, q in E, T_p > T_q} exp((S_q - S_p) / tau))
 
 where S is the student cosine matrix and T the teacher score matrix in [0, 1]; in ``kl`` mode each
 row's softmax runs over that row's kept entries only. ``prob`` compares probabilities of a match: the
@@ -12,12 +13,15 @@ student's through a calibration ``head`` (L_sup's learned ``scale * s + bias``),
 one. Why it exists: in ``mse`` mode a pair the teacher calls unrelated (T near 0) asks for a cosine near -1,
 which no more than two vectors can have with each other; on real data most in-batch pairs are such pairs, so
 the term stays near 0.25 and pushes every off-diagonal cosine down at every step. Through the head, T near 0 asks
-only for a low probability, which any cosine below the head's threshold gives. Zero (not NaN) when nothing is
-kept.
+only for a low probability, which any cosine below the head's threshold gives. ``rank`` asks only for the
+teacher's order: every kept entry the teacher scores higher should have the higher student cosine (CoSENT's form,
+Su 2022, with the teacher's scores in place of gold labels), so no entry is asked for a particular cosine and the
+hardest misordered entries carry the gradient; it is scale-free, as AP is. Zero (not NaN) when nothing is kept,
+and when the kept entries have no order (one entry, or all teacher scores equal).
 
 Args:
-    mode: ``mse``, ``kl`` or ``prob``.
-    temperature: tau for the student logits in ``kl`` mode (0.05).
+    mode: ``mse``, ``kl``, ``prob`` or ``rank``.
+    temperature: tau for the student logits in ``kl`` and ``rank`` modes (0.05, CoSENT's scale 20).
     teacher_temperature: tau_t for the teacher scores in ``kl`` mode (0.05).
 
 Inputs:
@@ -42,7 +46,7 @@ from torch import nn
 
 from components.similarity import cosine_matrix
 
-DISTILL_MODES = ("mse", "kl", "prob")
+DISTILL_MODES = ("mse", "kl", "prob", "rank")
 
 
 def kept_entries(n: int, keep: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -87,6 +91,12 @@ class DistillationLoss(nn.Module):
             logits, target = head(cosine[entries]), teacher[entries].clamp(0.0, 1.0)
             entropy = F.binary_cross_entropy(target, target, reduction="none")  # H(T): KL = BCE - H(T)
             return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") - entropy).mean()
+        if self.mode == "rank":
+            student, target = cosine[entries], teacher[entries]
+            # [p, q] = (S_q - S_p) / tau wherever the teacher puts p above q
+            gaps = (student[None, :] - student[:, None]) / self.temperature
+            ordered = gaps[target[:, None] > target[None, :]]
+            return torch.logsumexp(torch.cat([ordered.new_zeros(1), ordered]), dim=0)
         rows = entries.any(dim=1)
         student_logp = torch.log_softmax(cosine.masked_fill(~entries, -torch.inf) / self.temperature, dim=1)
         teacher_logp = torch.log_softmax(teacher.masked_fill(~entries, -torch.inf) / self.teacher_temperature, dim=1)

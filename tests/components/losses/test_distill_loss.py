@@ -28,6 +28,10 @@ def numpy_distill(z_a, z_b, teacher, keep, mode, tau=0.05, tau_t=0.05):
                     p, t = 1 / (1 + np.exp(-(HEAD_SCALE * s[i, j] + HEAD_BIAS))), teacher[i, j]
                     vals.append(t * np.log(t / p) + (1 - t) * np.log((1 - t) / (1 - p)))
         return float(np.mean(vals)) if vals else 0.0
+    if mode == "rank":  # log(1 + sum over entry pairs the teacher orders of exp((S_q - S_p) / tau))
+        kept = [(i, j) for i in range(n) for j in range(n) if entries[i][j]]
+        total = 1.0 + sum(np.exp((s[q] - s[p]) / tau) for p in kept for q in kept if teacher[p] > teacher[q])
+        return float(np.log(total))
     rows = []
     for i in range(n):
         cols = [j for j in range(n) if entries[i][j]]
@@ -61,6 +65,9 @@ DISTILL_CASES = [
     ("prob_all", "prob", 5, None),
     ("prob_keep", "prob", 4, [False, True, True, False]),
     ("prob_one_pair", "prob", 1, None),
+    ("rank_all", "rank", 5, None),
+    ("rank_keep", "rank", 4, [False, True, True, False]),
+    ("rank_one_pair", "rank", 1, None),
 ]
 
 
@@ -74,7 +81,7 @@ def test_matches_numpy_reference(name, mode, n, keep):
                                         abs=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["mse", "kl", "prob"])
+@pytest.mark.parametrize("mode", ["mse", "kl", "prob", "rank"])
 def test_gradcheck_float64(mode):
     g = torch.Generator().manual_seed(2)
     z_a = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
@@ -120,3 +127,31 @@ def test_prob_trains_the_head_through_the_composite():
                torch.tensor([1.0, 0, 1, 0]))
     out["total"].backward()
     assert loss.sup.scale.grad is not None and loss.sup.scale.grad != 0
+
+
+def test_rank_hand_computed():
+    z_a = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    z_b = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    # S = [[1, 1], [0, 0]]; teacher order 0.8 > 0.5 > 0.4 > 0.1 over entries (0,0), (1,0), (0,1), (1,1)
+    t = torch.tensor([[0.8, 0.4], [0.5, 0.1]], dtype=torch.float64)
+    tau = 0.5
+    s = {(0, 0): 1.0, (0, 1): 1.0, (1, 0): 0.0, (1, 1): 0.0}
+    order = [(0, 0), (1, 0), (0, 1), (1, 1)]
+    gaps = [s[q] - s[p] for k, p in enumerate(order) for q in order[k + 1:]]
+    expected = np.log(1 + sum(np.exp(g / tau) for g in gaps))
+    assert DistillationLoss("rank", temperature=tau)(z_a, z_b, t).item() == pytest.approx(expected, rel=1e-12)
+    # (1, 0) misordered below (0, 1): the student's order is wrong there, and the loss says so
+    assert expected > np.log(1 + 5 * np.exp(-2.0))
+
+
+def test_rank_is_zero_without_an_order_and_falls_when_the_student_agrees():
+    z = torch.nn.functional.normalize(torch.randn(3, 4, dtype=torch.float64), dim=-1).requires_grad_()
+    flat = DistillationLoss("rank")(z, z.detach(), torch.full((3, 3), 0.3, dtype=torch.float64))
+    assert flat.item() == 0.0
+    flat.backward()
+    assert torch.all(z.grad == 0)
+    eye = torch.eye(3, dtype=torch.float64)
+    teacher = 0.1 + 0.8 * eye  # matches on the diagonal only
+    agree = DistillationLoss("rank")(eye, eye, teacher)  # S = I: every diagonal entry above every other
+    disagree = DistillationLoss("rank")(eye, eye[[1, 2, 0]], teacher)  # diagonal cosines 0, off-diagonal ones 1
+    assert agree.item() < 1e-6 < 1.0 < disagree.item()
