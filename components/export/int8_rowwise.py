@@ -9,7 +9,7 @@ u8 x s8, VNNI/AMX where the CPU has them) and quantizes each activation row with
 graph (one ``QuantizeLinear`` per input):
 
     s_row = max|x_row| / 127,   x_q = round(x / s_row) + 128 (uint8, zero point 128),
-    y = (x_q - 128) @ W_q * s_row * s_col,      W_q = round(W / s_col), s_col = max|W[:, col]| / 127.
+    y = (x_q - 128) @ W_q * s_row * s_col,      W_q = round(W / s_col), s_col = max|W[:, col]| / 63 (7 bits).
 
 Channels with outliers across all tokens (a few input channels of RMSNorm outputs) would still flatten a row, so
 the activations are first smoothed as in SmoothQuant (Xiao et al., 2023): per input channel ``j`` a factor
