@@ -3,7 +3,6 @@
 import numpy as np
 import onnx
 import pytest
-from onnx.reference import ReferenceEvaluator
 
 from components.export.int8_rowwise import quantize_int8_rowwise
 from components.export.onnx_export import (
@@ -15,7 +14,7 @@ from components.export.onnx_export import (
     quantize_int8,
 )
 from components.student.lora_encoder import PROMPTS
-from tests.components.export.test_onnx_export import make_encoder
+from tests.components.export.test_onnx_export import ExactSession, make_encoder
 from tests.tiny_models import random_texts
 
 
@@ -82,20 +81,6 @@ def test_rowwise_rewrites_matmuls_and_stays_close(tiny_lm, tmp_path, smoothed, k
     np.testing.assert_allclose(np.linalg.norm(int8_z, axis=1), 1.0, atol=1e-4)
 
 
-class _Exact:
-    """ONNX's reference evaluator behind the two calls ``encode_onnx`` makes of a session: integer products in
-    numpy, exact, whatever the CPU."""
-
-    def __init__(self, path, like):
-        self.evaluator, self.like = ReferenceEvaluator(str(path)), like
-
-    def get_outputs(self):
-        return self.like.get_outputs()
-
-    def run(self, names, feed):
-        return self.evaluator.run(names, feed)
-
-
 # (id, smoothed, a zero point per row, outlier channels) for the standard-ops graph
 EXACT_CASES = [("plain", False, False, 0), ("plain_asymmetric", False, True, 0), ("smoothed", True, False, 0),
                ("smoothed_asymmetric_outliers_4", True, True, 4)]
@@ -113,7 +98,7 @@ def test_onnx_runtime_computes_what_exact_integer_arithmetic_does(tiny_lm, tmp_p
     texts = random_texts(24, seed=7)
     session = ort_session(tmp_path / "int8.onnx", threads=1)
     ort_z = encode_onnx(session, enc.tokenize, texts)
-    exact_z = encode_onnx(_Exact(tmp_path / "int8.onnx", session), enc.tokenize, texts)
+    exact_z = encode_onnx(ExactSession(tmp_path / "int8.onnx", session), enc.tokenize, texts)
     # float32 rounding may move one value across a rounding edge: one level, far below any kernel overflow
     assert compare(exact_z, ort_z)["min_cosine"] > 0.9999
 
