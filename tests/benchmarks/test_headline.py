@@ -126,8 +126,13 @@ def test_unknown_datasets_or_variants_fail_before_any_work(argv, hint, monkeypat
     assert result.exit_code == 2 and hint in result.output and "a comma list of" in result.output
 
 
-def test_the_all_pairs_lever_reads_stsbenchmark_with_every_train_pair_and_the_same_dev_and_test(tmp_path,
-                                                                                               monkeypatch):
+STS_LEVERS = [("stsbenchmark_all", "max_train"),  # every train pair, the same dev and test
+              ("stsbenchmark_fulldev", "max_dev")]  # all of sts-dev as dev, the same train and test
+
+
+@pytest.mark.parametrize("lever,widened", STS_LEVERS)
+def test_an_sts_lever_reads_stsbenchmark_with_one_split_whole_and_the_others_as_the_headline(lever, widened,
+                                                                                             tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from benchmarks import headline
@@ -140,12 +145,29 @@ def test_the_all_pairs_lever_reads_stsbenchmark_with_every_train_pair_and_the_sa
 
     monkeypatch.setattr(headline, "build_real", fake_build)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    result = CliRunner().invoke(headline.cli, ["--datasets", "stsbenchmark_all", "--render"])
+    result = CliRunner().invoke(headline.cli, ["--datasets", lever, "--render"])
     assert isinstance(result.exception, RuntimeError)
     (name, counts), = built
-    assert name == "stsbenchmark" and counts["max_train"] is None
-    assert {k: v for k, v in counts.items() if k != "max_train"} == {
-        k: v for k, v in headline.COUNTS["stsbenchmark"].items() if k != "max_train"}
+    assert name == "stsbenchmark" and counts[widened] is None
+    assert {k: v for k, v in counts.items() if k != widened} == {
+        k: v for k, v in headline.COUNTS["stsbenchmark"].items() if k != widened}
+
+
+def test_a_lever_fine_tunes_its_teacher_under_the_name_of_the_data_it_reads(tmp_path, monkeypatch):
+    from benchmarks import _quality_runs, headline
+
+    named = []
+
+    def fake_finetune(dataset, splits, teacher, config, cache_dir):
+        named.append(dataset)
+        raise RuntimeError("stop after naming")
+
+    monkeypatch.setattr(_quality_runs, "finetune_cached", fake_finetune)
+    settings = headline.make_settings((), ())
+    for dataset in ("stsbenchmark_fulldev", "banking77"):
+        with pytest.raises(RuntimeError, match="stop after naming"):
+            headline.teacher_cell(dataset, {}, settings, 2, str(tmp_path))
+    assert named == ["stsbenchmark", "banking77"]
 
 
 def test_students_wait_for_every_teacher_epoch(tmp_path):
