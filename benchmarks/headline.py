@@ -67,7 +67,7 @@ COUNTS = {"banking77": {"max_train": 2000, "max_dev": 600, "max_test": 1600},
           # acts before subsampling), so the student's gain from more data reads against the teacher's
           "stsbenchmark_all": {"max_train": None, "max_dev": 600, "max_test": None},
           # another: STS-B's same 2,000 train pairs (chosen from the same pool) against all of sts-dev as dev, about
-          # 2.5x the pairs: one seed's dev AP difference spans about +-0.037 on 600 pairs (RESULTS.md)
+          # 2.5x the pairs: one seed's dev AP difference spans about +-0.037 on 600 pairs (docs/defaults.md)
           "stsbenchmark_fulldev": {"max_train": 2000, "max_dev": None, "max_test": None}}
 SOURCE = {"stsbenchmark_all": "stsbenchmark", "stsbenchmark_fulldev": "stsbenchmark"}  # a lever's data: what it reads
 TEACHER_EPOCHS = (1, 2, 4)
