@@ -37,13 +37,18 @@ def build_real(dataset: str, counts: dict[str, int | None], teacher: str, cache_
 
 def joint_reading(metrics: dict[str, float]) -> dict[str, float]:
     """A student trained through the decoder path (sup_mode generative) is read jointly, P("yes" | pair): its
-    ``joint_*`` figures become the run's, its cosine reading is kept as ``cosine_*``. Other runs: unchanged."""
+    ``joint_*`` figures become the run's, its cosine reading is kept as ``cosine_*``. A student trained both ways
+    (sup_mode both) is read through the mix of the two: its ``mix_*`` figures become the run's, the joint ones stay
+    ``joint_*``. Other runs: unchanged."""
     if not any(k.startswith("joint_") for k in metrics):
         return metrics
-    teacher = {k: v for k, v in metrics.items() if k.startswith("teacher_")}
-    cosine = {f"cosine_{k}": v for k, v in metrics.items() if not k.startswith(("joint_", "teacher_"))}
-    joint = {k.removeprefix("joint_"): v for k, v in metrics.items() if k.startswith("joint_")}
-    return {**teacher, **cosine, **joint}
+    mixed = any(k.startswith("mix_") for k in metrics)
+    kept = {k: v for k, v in metrics.items() if k.startswith("teacher_") or k == "reading_mix_weight"}
+    cosine = {f"cosine_{k}": v for k, v in metrics.items()
+              if not k.startswith(("joint_", "mix_", "teacher_")) and k not in kept}
+    joint = {(k if mixed else k.removeprefix("joint_")): v for k, v in metrics.items() if k.startswith("joint_")}
+    mix = {k.removeprefix("mix_"): v for k, v in metrics.items() if k.startswith("mix_")}
+    return {**kept, **cosine, **joint, **mix}
 
 
 def deciles(values: list[float]) -> list[float]:
@@ -80,8 +85,12 @@ def train_cell(name: str, splits: dict, encoder: EncoderConfig, loss: LossConfig
         if history:
             curves[key] = deciles([m.value for m in history])
     metrics = joint_reading({k: float(v) for k, v in result.metrics.items() if not k.startswith("teacher_")})
-    scores = result.joint_scores if result.joint_scores is not None else result.scores
-    return {"run_id": run_id, "metrics": metrics, "scores": {k: v.tolist() for k, v in scores.items()},
+    scores = next(s for s in (result.mix_scores, result.joint_scores, result.scores) if s is not None)
+    readings = {}  # a mixed cell keeps both of its readings' scores: the mix is refitted from them, not rerun
+    if result.mix_scores is not None:
+        readings = {"readings": {name: {k: v.tolist() for k, v in got.items()}
+                                 for name, got in (("cosine", result.scores), ("joint", result.joint_scores))}}
+    return {"run_id": run_id, "metrics": metrics, "scores": {k: v.tolist() for k, v in scores.items()}, **readings,
             "teacher_dev_ap": result.metrics.get("teacher_dev_average_precision"),
             "guard_warnings": int(run.data.metrics.get("guard_warnings", 0)),
             "guard": run.data.tags.get("flipkd.guard", ""),

@@ -20,7 +20,8 @@ delta 0.5 / 0.5) and ``flip_best`` (the same plus the ``--best`` settings, chose
 ``neighbour_share`` and ``positive_threshold`` there add teacher-labelled extra pairs, ``components.data.augment``,
 which sup_only never gets: it has no term to learn from them; ``sup_mode=generative`` trains L_sup through the
 decoder path, and the cell is then the joint reading, P("yes" | pair), with its cosine figures kept as
-``cosine_*``). Beside them, apart from the
+``cosine_*``; ``sup_mode=both`` trains both readings and the cell is their mix, its weight chosen on dev,
+``components.student.reading_mix``, with both readings' scores kept under ``readings``). Beside them, apart from the
 student rows: ``mix``, a logistic fit on dev of the fine-tuned teacher's and the flipped student's scores.
 
 Reported on test: F1 at the dev threshold, AP and ROC-AUC per seed (mean ± std), and for the seed-averaged scores
@@ -73,7 +74,7 @@ SOURCE = {"stsbenchmark_all": "stsbenchmark", "stsbenchmark_fulldev": "stsbenchm
 TEACHER_EPOCHS = (1, 2, 4)
 STUDENTS = {"sup_only": ("sup",), "flip_full": ("sup", "dist", "mcl"), "flip_best": ("sup", "dist", "mcl")}
 # what a variant or --seeds sets, so --set / --best cannot; sup_mode may be chosen (generative: the cell is the
-# joint reading, P("yes" | pair) through the decoder path, METHOD.md "Inference")
+# joint reading, P("yes" | pair) through the decoder path, METHOD.md "Inference"; both: the two readings' mix)
 FIXED_BY_VARIANT = frozenset({"parts", "seed"})
 SEEDS = (0, 1, 2)
 BOOTSTRAP = 2000
@@ -486,7 +487,8 @@ def render_tried(tried: dict[str, dict[str, list[float]]]) -> str:
         return ""
     datasets = sorted({d for per in tried.values() for d in per})
     lines = ["", "", "**Settings tried** (every student setting stored, dev AP mean over its seeds, n seeds; a "
-             "`sup_mode=generative` setting is read jointly, P(\"yes\" | pair)):", "",
+             "`sup_mode=generative` setting is read jointly, P(\"yes\" | pair); a `sup_mode=both` one through the "
+             "mix of its two readings, weighted on dev):", "",
              "| setting | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
     for name, per in sorted(tried.items()):
         cells = [f"{np.mean(per[d]):.3f} (n={len(per[d])})" if d in per else "-" for d in datasets]

@@ -7,6 +7,7 @@ import click
 
 from components.losses.composite_loss import LOSS_PARTS, LossConfig
 from components.losses.distill_loss import DISTILL_MODES
+from components.losses.sup_loss import SUP_MODES
 from components.metrics import average_precision, best_f1, roc_auc
 from components.models import STUDENT_DEFAULT
 from components.student.lora_encoder import DEFAULT_PROMPT, PROMPTS, READOUTS, EncoderConfig
@@ -97,8 +98,10 @@ def student_options(func):
         option("--w-sup", type=click.FloatRange(min=0), default=1.0, help="Weight of L_sup."),
         option("--w-dist", type=click.FloatRange(min=0), default=1.0, help="Weight of L_dist."),
         option("--w-mcl", type=click.FloatRange(min=0), default=1.0, help="Weight of L_MCL."),
-        option("--sup-mode", type=click.Choice(["representation", "generative"]), default="representation",
-               help="L_sup on the pair cosine (BCE) or on the label word (decoder path)."),
+        option("--sup-mode", type=click.Choice(list(SUP_MODES)), default="representation",
+               help="L_sup on the pair cosine (BCE), on the label word (decoder path, scored jointly), or both: "
+                    "then the two readings' mix, its weight chosen on dev, is the score early stopping watches "
+                    "(a generative or both run costs ~2.7x a representation one)."),
         option("--distill-mode", type=click.Choice(list(DISTILL_MODES)), default=LossConfig.distill_mode,
                help="Form of L_dist: mse of (S+1)/2 against T (METHOD.md), row-wise kl, prob: the student's "
                     "P(match) through L_sup's scale and bias against the teacher's (Bernoulli KL), or rank: the "

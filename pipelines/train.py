@@ -33,6 +33,7 @@ from components.model_cache import cache_root
 from components.models import load_student, resolve_student
 from components.student.lora_encoder import EncoderConfig, LoraEncoder
 from components.student.prefix_cache import disk_store
+from components.student.reading_mix import ReadingMix
 from components.teacher.finetune import FINETUNE_SIDECAR
 from components.teacher.scorer import TeacherScorer
 from components.teacher.signal import TeacherSignal
@@ -70,8 +71,10 @@ class StudentRun:
     threshold: float
     # student (cosine) scores of every evaluated split, in the split's pair order
     scores: dict[str, np.ndarray] = field(default_factory=dict)
-    # the joint reading's, P("yes" | pair), when the decoder path was trained (sup_mode generative)
+    # the joint reading's, P("yes" | pair), when the decoder path was trained (sup_mode generative or both)
     joint_scores: dict[str, np.ndarray] | None = None
+    # the mixed reading's, P(match) from both readings (sup_mode both; components.student.reading_mix)
+    mix_scores: dict[str, np.ndarray] | None = None
 
 
 def build_training_pairs(train: pd.DataFrame, signal: TeacherSignal, keep: np.ndarray) -> TrainingPairs:
@@ -208,7 +211,7 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     trainer = Trainer(encoder, loss, pairs, train_config, on_step=on_step if log else None, show_progress=progress,
                       on_checkpoint=on_checkpoint if checkpointing else None, distributed=distributed,
                       evaluate=dev_score_callback(encoder, splits, loss_config.sup_mode, train_config.eval_metric,
-                                                  log, logged, guard)
+                                                  log, logged, guard, head=loss.sup)
                       if train_config.eval_every else None)
     if resume is not None:
         trainer.load_state_dict(resume.state)
@@ -244,13 +247,23 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         if guard.warnings:
             mlflow.set_tag("flipkd.guard", "; ".join(f"step {step}: {m}" if not m.startswith("step") else m
                                                      for step, m in guard.warnings[-3:]))
-    joint = None
-    if loss_config.sup_mode == "generative":  # the decoder path was trained: report joint scoring too
+    joint = mixed = None
+    if loss_config.sup_mode != "representation":  # the decoder path was trained: report joint scoring too
         joint = {name: encoder.joint_scores(list(f["text_a"]), list(f["text_b"]), show_progress=progress).numpy()
                  for name, f in eval_splits.items()}
         joint_metrics = evaluate_scores("student_joint", joint, splits, log=log)
         metrics.update({f"joint_{k}": v for k, v in joint_metrics.items()})
         encoder.config.joint_threshold = float(joint_metrics.get("dev_threshold", 0.5))
+    if loss_config.sup_mode == "both" and chosen_on:  # and the two readings mixed, the weight chosen on dev
+        mix = ReadingMix.fit(student_scores[chosen_on], joint[chosen_on], splits[chosen_on]["match"].to_numpy(),
+                             EVAL_METRICS[train_config.eval_metric][1], float(loss.sup.scale), float(loss.sup.bias))
+        mixed = {name: mix(student_scores[name], joint[name]) for name in eval_splits}
+        mix_metrics = evaluate_scores("student_mix", mixed, splits, log=log)
+        metrics.update({f"mix_{k}": v for k, v in mix_metrics.items()}, reading_mix_weight=mix.weight)
+        if log:
+            mlflow.log_metric("student_mix/weight", mix.weight)
+        encoder.config.extra["reading_mix"] = {**mix.to_dict(), "threshold": float(mix_metrics.get("dev_threshold",
+                                                                                                   0.5))}
     if log:
         for split in eval_splits:
             log_pr_curves({"student": (student_scores[split], splits[split]["match"].to_numpy()),
@@ -258,7 +271,7 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         with _mlflow.scratch_dir() as tmp:
             encoder.save(tmp / ADAPTER_ARTIFACT)
             _mlflow.log_folder(tmp / ADAPTER_ARTIFACT, ADAPTER_ARTIFACT)
-    return StudentRun(encoder, signal, metrics, float(threshold), student_scores, joint)
+    return StudentRun(encoder, signal, metrics, float(threshold), student_scores, joint, mixed)
 
 
 def fill_prefix_cache(encoder: LoraEncoder, student_path: Path, splits: dict[str, pd.DataFrame],
@@ -286,19 +299,34 @@ def fill_prefix_cache(encoder: LoraEncoder, student_path: Path, splits: dict[str
 
 
 def dev_score_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], sup_mode: str, metric: str, log: bool,
-                       logged: int = 0, guard: DivergenceGuard | None = None):
+                       logged: int = 0, guard: DivergenceGuard | None = None, head: torch.nn.Module | None = None):
     """Dev ``metric`` (AP, ROC-AUC, or F1 at the threshold best on dev) in the scoring the run is trained for:
-    early stopping's measure. Each evaluation also checks the dev scores for a collapse (the guard)."""
+    early stopping's measure. Each evaluation also checks the dev scores for a collapse (the guard). Trained both
+    ways (sup_mode both), the scoring is the two readings' mix at its best weight on dev; ``head`` is L_sup, whose
+    scale and bias read the cosine as log-odds."""
     if "dev" not in splits:
         raise click.UsageError("--eval-every needs a dev split (give --dev, or --data to split)")
     dev = splits["dev"]
     text_a, text_b, labels = list(dev["text_a"]), list(dev["text_b"]), dev["match"].to_numpy()
-    score = encoder.joint_scores if sup_mode == "generative" else encoder.score_pairs
     measure = EVAL_METRICS[metric][1]
     guard = guard or DivergenceGuard()
+    if sup_mode == "both" and head is None:
+        raise ValueError("sup_mode 'both' scores dev through L_sup's head: pass head")
+
+    def score(step: int) -> np.ndarray:
+        if sup_mode == "generative":
+            return encoder.joint_scores(text_a, text_b).numpy()
+        cosine = encoder.score_pairs(text_a, text_b).numpy()
+        if sup_mode != "both":
+            return cosine
+        joint = encoder.joint_scores(text_a, text_b).numpy()
+        mix = ReadingMix.fit(cosine, joint, labels, measure, float(head.scale), float(head.bias))
+        if log and step > logged:
+            mlflow.log_metric("early_stopping/mix_weight", mix.weight, step=step)
+        return mix(cosine, joint)
 
     def evaluate(step: int) -> float:
-        scores = score(text_a, text_b).numpy()
+        scores = score(step)
         value = float(measure(scores, labels))
         collapsed = collapse(scores, best_f1_threshold(scores, labels))
         if collapsed:
@@ -426,8 +454,9 @@ def _train_main(data_args, o: dict, distributed: DistributedContext) -> dict:
     elapsed = time.perf_counter() - started
     split = "test" if "test_f1" in m else "dev"
     teacher_metrics = {k.removeprefix("teacher_"): v for k, v in m.items() if k.startswith("teacher_")}
-    rows = [("student", m), *([("student, joint reading", {k.removeprefix("joint_"): v for k, v in m.items()
-                                                          if k.startswith("joint_")})] if "joint_dev_f1" in m else []),
+    rows = [("student", m), *[(f"student, {name} reading", {k.removeprefix(f"{prefix}_"): v for k, v in m.items()
+                                                           if k.startswith(f"{prefix}_")})
+                              for prefix, name in (("joint", "joint"), ("mix", "mixed")) if f"{prefix}_dev_f1" in m],
             (f"teacher ({teacher_kind(o['teacher'])})", teacher_metrics),
             ("all-positive baseline", all_positive(splits[split]))]
     out = Path(o["output_dir"]).resolve() / run_id

@@ -1,6 +1,6 @@
 """The losses of METHOD.md, "Losses": one loss a module, and the composite that weighs them.
 
-- ``sup_loss``: L_sup, the supervised loss on the gold labels (cosine or generative "yes"/"no");
+- ``sup_loss``: L_sup, the supervised loss on the gold labels (cosine, generative "yes"/"no", or both);
 - ``distill_loss``: L_dist, the student's similarities pulled towards the teacher's scores;
 - ``mcl_loss``: L_MCL, the margin-aware contrastive loss in angular space;
 - ``cosent_loss``: CoSENT, the ranking loss the teacher is fine-tuned with;

@@ -7,7 +7,8 @@
 - ``lora_dropout``: the LoRA dropout sites and the cheap, layout-independent masks;
 - ``packing``: several short texts in one row with a block-diagonal causal mask;
 - ``prefix_cache``: the frozen bottom blocks' states, computed once per text and cached (METHOD.md, "LoRA depth");
-- ``cascade``: the retrieval cascade, a cosine shortlist then joint scoring (METHOD.md, "Inference").
+- ``cascade``: the retrieval cascade, a cosine shortlist then joint scoring (METHOD.md, "Inference");
+- ``reading_mix``: ``ReadingMix``, one score from both readings of a student trained both ways (``sup_mode both``).
 
 May import: torch, peft, transformers, ``components.models`` (model records and fingerprints),
 ``components.pooling``, ``components.checksums`` and ``components.teacher.embedding_cache`` (its shard writer,

@@ -274,8 +274,8 @@ class Trainer:
         if len(pairs) == 0:
             raise ValueError("no training pairs left (did the noise filter drop them all?)")
         self.distributed = distributed or DistributedContext()
-        if self.distributed.enabled and loss.config.sup_mode == "generative":
-            raise ValueError("sup_mode 'generative' is not supported in multi-process training yet; "
+        if self.distributed.enabled and loss.config.sup_mode != "representation":
+            raise ValueError(f"sup_mode {loss.config.sup_mode!r} is not supported in multi-process training yet; "
                              "use sup_mode 'representation' or one process")
         self._forward = self.distributed.wrap(encoder)
         self.encoder, self.loss, self.pairs, self.config = encoder, loss, pairs, config
@@ -397,7 +397,7 @@ class Trainer:
             z = self._forward(**batch, pack_capacity=0 if self.config.naive else self.config.pack_capacity,
                               use_prefix=not self.config.naive)
             gold = index if p.labelled is None else [i for i in index if p.labelled[i]]
-            if self.loss.config.sup_mode == "generative" and gold:  # L_sup through the decoder path
+            if self.loss.config.sup_mode != "representation" and gold:  # L_sup through the decoder path
                 label_logprobs = self.encoder.label_logprobs(**self.encoder.tokenize_pairs(
                     [p.text_a[i] for i in gold], [p.text_b[i] for i in gold]))
         z = z.float()

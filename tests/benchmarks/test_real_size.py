@@ -33,6 +33,23 @@ def test_a_decoder_path_cell_is_its_joint_reading(mlflow_env, monkeypatch, joint
     assert not any(k.startswith(("teacher_", "joint_")) for k in cell["metrics"])
 
 
+def test_a_both_ways_cell_is_its_mixed_reading_and_keeps_both_readings(mlflow_env, monkeypatch):
+    mixed = {"dev": np.array([0.5, 0.4]), "test": np.array([0.6])}
+    metrics = {"test_average_precision": 0.4, "joint_test_average_precision": 0.8, "mix_test_average_precision": 0.9,
+               "reading_mix_weight": 0.7}
+    monkeypatch.setattr(train, "train_student",
+                        lambda *args, **kwargs: StudentRun(None, None, metrics, 0.1, COSINE, JOINT, mixed))
+    splits = {name: pd.DataFrame({"match": [True] * n}) for name, n in (("train", 4), ("dev", 2), ("test", 1))}
+    with _mlflow.run("headline", "t"):
+        cell = train_cell("cell", splits, EncoderConfig(), LossConfig(sup_mode="both"), TrainConfig(),
+                          Path("teacher"), None, "t", {})
+    assert cell["scores"] == {k: v.tolist() for k, v in mixed.items()}
+    assert cell["readings"] == {"cosine": {k: v.tolist() for k, v in COSINE.items()},
+                                "joint": {k: v.tolist() for k, v in JOINT.items()}}
+    assert cell["metrics"] == {"test_average_precision": 0.9, "joint_test_average_precision": 0.8,
+                               "cosine_test_average_precision": 0.4, "reading_mix_weight": 0.7}
+
+
 def test_joint_reading_keeps_the_teacher_and_the_cosine_figures():
     metrics = {"dev_f1": 0.5, "teacher_dev_f1": 0.6, "joint_dev_f1": 0.7}
     assert joint_reading(metrics) == {"dev_f1": 0.7, "cosine_dev_f1": 0.5, "teacher_dev_f1": 0.6}

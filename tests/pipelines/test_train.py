@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from components.student.lora_encoder import ENCODER_FILE
 from pipelines import evaluate, train
 from pipelines._student_options import EVAL_EVERY
 
@@ -104,19 +105,39 @@ def test_layer_beyond_the_model_fails_cleanly(mlflow_env, tiny_model_args):
     assert mlflow_env.get_run(run_id).info.status == "FAILED"
 
 
-@pytest.mark.parametrize("blocks", [[], ["--lora-layers", "1"]], ids=["every-block", "frozen-prefix"])
-def test_generative_mode_reports_joint_scoring(mlflow_env, tiny_model_args, blocks):
-    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--sup-mode", "generative"] + blocks)
+@pytest.mark.parametrize("mode,blocks", [("generative", []), ("generative", ["--lora-layers", "1"]),
+                                         ("both", ["--lora-layers", "1"])],
+                         ids=["every-block", "frozen-prefix", "both-ways"])
+def test_decoder_path_modes_report_joint_scoring(mlflow_env, tiny_model_args, mode, blocks):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--sup-mode", mode] + blocks)
     assert result.exit_code == 0, result.output
     assert "student, joint reading" in result.output  # the decoder path's row of the comparison
+    assert ("student, mixed reading" in result.output) == (mode == "both")
     (run_id,) = run_ids(mlflow_env)
     metrics = mlflow_env.get_run(run_id).data.metrics
     assert "student_joint/dev_f1" in metrics and "student/dev_f1" in metrics
+    assert ("student_mix/dev_average_precision" in metrics) == (mode == "both")
     joint = CliRunner().invoke(evaluate.cli, ["--model", run_id, "--mode", "joint", "--no-progress",
                                               "--experiment", "t"])
     assert joint.exit_code == 0, joint.output
     eval_metrics = mlflow_env.get_run(run_ids(mlflow_env)[0]).data.metrics
     assert eval_metrics["student_joint/dev_f1"] == pytest.approx(metrics["student_joint/dev_f1"], abs=1e-6)
+
+
+def test_both_ways_watches_the_mixed_reading_on_dev_and_stores_its_weight(mlflow_env, tiny_model_args, tmp_path):
+    result = CliRunner().invoke(train.cli, tiny_model_args + FAST + ["--sup-mode", "both", "--lora-layers", "1",
+                                                                     "--eval-every", "1"])
+    assert result.exit_code == 0, result.output
+    (run_id,) = run_ids(mlflow_env)
+    run = mlflow_env.get_run(run_id)
+    weights = [m.value for m in mlflow_env.get_metric_history(run_id, "early_stopping/mix_weight")]
+    assert len(weights) == 3 and all(0.0 <= w <= 1.0 for w in weights)
+    chosen = run.data.metrics["student_mix/weight"]
+    assert 0.0 <= chosen <= 1.0
+    meta = json.loads(Path(mlflow_env.download_artifacts(run_id, f"{train.ADAPTER_ARTIFACT}/{ENCODER_FILE}",
+                                                         str(tmp_path))).read_text())
+    mix = meta["config"]["extra"]["reading_mix"]
+    assert mix["weight"] == chosen and {"scale", "bias", "threshold"} <= set(mix)
 
 
 def test_teacher_labelled_extra_pairs_are_counted_separately(mlflow_env, tiny_model_args):

@@ -29,6 +29,34 @@ def test_generative_hand_computed():
     assert SupervisedLoss("generative")(torch.tensor([1.0, 0.0]), label_logprobs=logp).item() == pytest.approx(expected)
 
 
+def test_both_is_the_sum_of_the_two_modes_hand_computed():
+    cos, y = torch.tensor([0.8, 0.2]), torch.tensor([1.0, 0.0])
+    logp = torch.log(torch.tensor([[0.2, 0.7], [0.6, 0.1]]))
+    logits = [10 * 0.8 - 5, 10 * 0.2 - 5]
+    representation = (math.log1p(math.exp(-logits[0])) + math.log1p(math.exp(logits[1]))) / 2
+    generative = -(math.log(0.7) + math.log(0.6)) / 2
+    both = SupervisedLoss("both")(y, cosine=cos, label_logprobs=logp)
+    assert both.item() == pytest.approx(representation + generative, rel=1e-6)
+
+
+@pytest.mark.parametrize("labels", [[1.0], [1.0, 1.0, 1.0], [0.0, 0.25, 1.0]],
+                         ids=["one-pair", "all-positive", "graded"])
+def test_both_gradcheck_float64(labels):
+    fn = SupervisedLoss("both").double()
+    y = torch.tensor(labels, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    cos = (torch.rand(len(labels), generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()
+    logp = torch.log_softmax(torch.randn(len(labels), 2, generator=g, dtype=torch.float64), -1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda c, lp: fn(y, cosine=c, label_logprobs=lp), (cos, logp))
+
+
+@pytest.mark.parametrize("given,match", [({"cosine": torch.tensor([0.5])}, "label_logprobs"),
+                                          ({"label_logprobs": torch.zeros(1, 2)}, "cosine")])
+def test_both_needs_both_readings(given, match):
+    with pytest.raises(ValueError, match=match):
+        SupervisedLoss("both")(torch.tensor([1.0]), **given)
+
+
 def test_scale_and_bias_are_learned():
     fn = SupervisedLoss()
     fn(torch.tensor([1.0]), cosine=torch.tensor([0.1])).backward()

@@ -86,11 +86,12 @@ def test_single_process_context_is_a_no_op(monkeypatch):
     assert auto_backend() == ("nccl" if torch.cuda.is_available() else "gloo")
 
 
-def test_generative_sup_is_refused_in_multi_process_training():
+@pytest.mark.parametrize("mode", ["generative", "both"])
+def test_decoder_path_sup_is_refused_in_multi_process_training(mode):
     fake = DistributedContext(rank=0, world_size=2, backend="gloo")
     encoder = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, layer=1))
-    with pytest.raises(ValueError, match="generative"):
-        Trainer(encoder, FlipKDLoss(LossConfig(sup_mode="generative")), _pairs(), TrainConfig(max_steps=1),
+    with pytest.raises(ValueError, match=mode):
+        Trainer(encoder, FlipKDLoss(LossConfig(sup_mode=mode)), _pairs(), TrainConfig(max_steps=1),
                 distributed=fake)
 
 

@@ -119,12 +119,13 @@ def test_bf16_loss_matches_fp32_within_tolerance():
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
 
 
-def test_generative_sup_mode_trains_the_decoder_path():
+@pytest.mark.parametrize("mode", ["generative", "both"])
+def test_decoder_path_sup_modes_train_the_decoder_path(mode):
     torch.manual_seed(0)
     enc = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, dropout=0.0, pair_prompt="{text_a} what "
                                                                     "{text_b}", label_words=("no", "yes")))
     seen = []
-    t = Trainer(enc, FlipKDLoss(LossConfig(sup_mode="generative")), tiny_pairs(),
+    t = Trainer(enc, FlipKDLoss(LossConfig(sup_mode=mode)), tiny_pairs(),
                 TrainConfig(learning_rate=5e-3, batch_size=16, max_steps=8, warmup_ratio=0, precision="fp32"),
                 on_step=lambda s, m: seen.append(m["loss/sup"]), show_progress=False)
     t.train()
