@@ -16,6 +16,7 @@ import mlflow
 from components.model_cache import ModelLoadError, cache_root
 from components.models import STUDENT_DEFAULT, load_student, looks_like_path, model_fingerprint, resolve_student
 from components.student.lora_encoder import ENCODER_FILE, LoraEncoder
+from components.student.reading_mix import ReadingMix
 from components.teacher.scorer import TeacherScorer
 from pipelines import _mlflow
 from pipelines._data import data_options, load_splits, log_splits, with_data_args
@@ -64,14 +65,24 @@ def load_trained_encoder(model: str, student: str | None = None, cache_dir: str 
     return LoraEncoder.load(folder, base_model, tokenizer)
 
 
+def stored_reading_mix(encoder: LoraEncoder, model: str) -> tuple[ReadingMix, float]:
+    """The reading mix and its threshold that a ``--sup-mode both`` run stored with the adapter."""
+    stored = encoder.config.extra.get("reading_mix")
+    if not stored:
+        raise click.UsageError(f"--mode mix: the student {model} has no stored reading mix; only a student trained "
+                               "with --sup-mode both has one (use --mode cosine or --mode joint)")
+    return ReadingMix(stored["weight"], stored["scale"], stored["bias"]), float(stored["threshold"])
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @data_options
 @option("--model", default=None, help="Trained student: a run id, runs:/RUN/student, models:/NAME@ALIAS or a folder.")
 @option("--teacher", default=None, help="Evaluate this teacher instead (packaged name, folder or cached hub id).")
 @option("--student", default=None, help="Override the student base model recorded with the adapter.")
 @option("--split", "split_names", default="dev,test", help="Comma list of splits to evaluate.")
-@option("--mode", type=click.Choice(["cosine", "joint"]), default="cosine",
-        help="Student scoring: cosine of the A-encoder vectors, or P(yes | pair) through the decoder path.")
+@option("--mode", type=click.Choice(["cosine", "joint", "mix"]), default="cosine",
+        help="Student scoring: cosine of the A-encoder vectors, P(yes | pair) through the decoder path, or the mix "
+             "of the two stored with a student trained with --sup-mode both.")
 @option("--choose-threshold", is_flag=True, default=False,
         help="Choose the decision threshold again on this data's dev split (default: the stored one).")
 @common_options
@@ -96,6 +107,11 @@ def cli(data_args, **o) -> dict:
             if o["mode"] == "joint":
                 name, stored = "student_joint", encoder.config.joint_threshold
                 scores = {n: encoder.joint_scores(*texts[n], show_progress=o["progress"]).numpy() for n in names}
+            elif o["mode"] == "mix":
+                mix, stored = stored_reading_mix(encoder, o["model"])
+                name = "student_mix"
+                scores = {n: mix(encoder.score_pairs(*texts[n], show_progress=o["progress"]).numpy(),
+                                 encoder.joint_scores(*texts[n], show_progress=o["progress"]).numpy()) for n in names}
             else:
                 name, stored = "student", encoder.config.threshold
                 scores = {n: encoder.score_pairs(*texts[n], show_progress=o["progress"]).numpy() for n in names}
