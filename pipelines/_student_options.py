@@ -101,7 +101,8 @@ def student_options(func):
         option("--sup-mode", type=click.Choice(list(SUP_MODES)), default="representation",
                help="L_sup on the pair cosine (BCE), on the label word (decoder path, scored jointly), or both: "
                     "then the two readings' mix, its weight chosen on dev, is the score early stopping watches "
-                    "(a generative or both run costs ~2.7x a representation one)."),
+                    "(a generative run took 2.7x a representation one in the headline benchmark; both does the "
+                    "work of both)."),
         option("--distill-mode", type=click.Choice(list(DISTILL_MODES)), default=LossConfig.distill_mode,
                help="Form of L_dist: mse of (S+1)/2 against T (METHOD.md), row-wise kl, prob: the student's "
                     "P(match) through L_sup's scale and bias against the teacher's (Bernoulli KL), or rank: the "
