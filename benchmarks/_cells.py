@@ -3,7 +3,8 @@
 A benchmark longer than a sitting runs as many cells as its budget allows, stores each finished cell at once
 (one JSON file, rewritten atomically, so a kill loses at most the running cell), and a later run with the same
 settings skips what is stored and continues where the earlier one stopped. A cell's key names its dataset,
-variant, seed and settings hash, so cells of other settings never mix.
+variant, seed and settings hash, so cells of other settings never mix. A cell longer than what is left of a budget
+pauses at a training checkpoint (:class:`PausedCell` keeps what the next sitting needs to continue it).
 """
 
 from __future__ import annotations
@@ -83,5 +84,37 @@ class Budget:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def deadline(self) -> float | None:
+        """The budget's end as a ``time.monotonic()`` value (None: no budget)."""
+        return None if self.seconds is None else self.started + self.seconds
+
     def allows(self, estimate: float) -> bool:
         return self.seconds is None or self.elapsed() + estimate <= self.seconds
+
+
+class PausedCell:
+    """A cell paused mid-training, recorded beside its training checkpoints (``<folder>/cell.json``): the MLflow run
+    the next sitting reopens, the seconds run so far, the steps it paused at and its guard warnings so far."""
+
+    FILE = "cell.json"
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        path = self.folder / self.FILE
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        self.run_id: str | None = data.get("run_id")
+        self.seconds: float = float(data.get("seconds", 0.0))
+        self.paused_at: list[int] = [int(s) for s in data.get("paused_at", [])]
+        self.guard_warnings: int = int(data.get("guard_warnings", 0))
+
+    def pause(self, run_id: str, step: int, seconds: float, guard_warnings: int) -> None:
+        """Record one more sitting that stopped at ``step`` after ``seconds``; written atomically."""
+        self.run_id, self.seconds = run_id, self.seconds + seconds
+        self.paused_at.append(int(step))
+        self.guard_warnings += int(guard_warnings)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=self.folder, prefix=f".{self.FILE}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"run_id": self.run_id, "seconds": self.seconds, "paused_at": self.paused_at,
+                       "guard_warnings": self.guard_warnings}, handle)
+        os.replace(temp, self.folder / self.FILE)

@@ -16,11 +16,14 @@ from typing import Any
 import mlflow
 import numpy as np
 
+from benchmarks._cells import PausedCell
 from benchmarks.datasets import DEFAULT_DATA_ROOT, build
 from components.data.augment import AugmentConfig
 from components.losses.composite_loss import LossConfig
 from components.student.lora_encoder import EncoderConfig
+from components.training.checkpoint import TrainingPaused
 from components.training.trainer import TrainConfig
+from pipelines._resume import Checkpointing, last_logged_step
 
 CURVES = ("loss/total", "loss/sup", "loss/dist", "loss/mcl", "grad_norm")
 
@@ -59,25 +62,51 @@ def deciles(values: list[float]) -> list[float]:
 
 def train_cell(name: str, splits: dict, encoder: EncoderConfig, loss: LossConfig, train: TrainConfig,
                teacher_dir: Path, cache_dir: str | None, experiment: str, tags: dict[str, str],
-               no_filter: bool = False, augment: AugmentConfig | None = None) -> dict[str, Any]:
-    """One student run as a nested MLflow run ``name``: figures, scores per split, guard, curves, seconds."""
+               no_filter: bool = False, augment: AugmentConfig | None = None, student: str = "smollm2-135m",
+               checkpointing: Checkpointing | None = None, paused: PausedCell | None = None) -> dict[str, Any]:
+    """One student run as a nested MLflow run ``name``: figures, scores per split, guard, curves, seconds.
+
+    With ``checkpointing`` and ``paused`` the cell can stop at a checkpoint when its deadline nears
+    (``TrainingPaused``, recorded in ``paused``) and a later call continues it into the same MLflow run from
+    ``checkpointing.resume``; its seconds and guard warnings are then the sum over its sittings."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from pipelines import _mlflow
     from pipelines.train import train_student
 
     started = time.perf_counter()
-    with _mlflow.run(name, experiment, nested=True) as child:
-        mlflow.set_tags(tags)
-        _mlflow.log_params({"encoder": encoder.to_dict(), "loss": loss.to_dict(), "train": train.to_dict(),
-                            "filter": {"disabled": no_filter},
-                            "extra_pairs": dataclasses.asdict(augment) if augment else {"per_pair": 0}})
-        result = train_student(splits, student="smollm2-135m", teacher=str(teacher_dir), cache_dir=cache_dir,
-                               encoder_config=dataclasses.replace(encoder), loss_config=loss, train_config=train,
-                               filter_scope="teacher_terms", no_filter=no_filter, progress=False, log=True,
-                               augment=augment)
-        run_id = child.info.run_id
     client = MlflowClient()
+    reopen = None
+    if paused is not None and paused.run_id and checkpointing is not None and checkpointing.resume is not None:
+        try:
+            reopen = client.get_run(paused.run_id).info.run_id
+            checkpointing.logged_step = last_logged_step(reopen)
+        except MlflowException:  # another tracking store: the run goes on in a new one, its curves from the resume
+            reopen = None
+    run_id = reopen
+    try:
+        with _mlflow.run(name, experiment, nested=True, run_id=reopen) as child:
+            run_id = child.info.run_id
+            mlflow.set_tags(tags)
+            if reopen is None:
+                _mlflow.log_params({"encoder": encoder.to_dict(), "loss": loss.to_dict(), "train": train.to_dict(),
+                                    "filter": {"disabled": no_filter},
+                                    "extra_pairs": dataclasses.asdict(augment) if augment else {"per_pair": 0}})
+            if checkpointing is not None and checkpointing.resume is not None:
+                mlflow.set_tag("flipkd.resumed_from_step", str(checkpointing.resume.step))
+            result = train_student(splits, student=student, teacher=str(teacher_dir), cache_dir=cache_dir,
+                                   encoder_config=dataclasses.replace(encoder), loss_config=loss, train_config=train,
+                                   filter_scope="teacher_terms", no_filter=no_filter, progress=False, log=True,
+                                   checkpointing=checkpointing, augment=augment)
+    except TrainingPaused as stop:
+        if paused is None:
+            raise
+        since = checkpointing.resume.step if checkpointing.resume is not None else 0
+        warned = max((m.value for m in client.get_metric_history(run_id, "guard/warnings") if m.step > since),
+                     default=0)
+        paused.pause(run_id, stop.step, time.perf_counter() - started, int(warned))
+        raise
     run = client.get_run(run_id)
     curves = {}
     for key in CURVES:
@@ -92,9 +121,10 @@ def train_cell(name: str, splits: dict, encoder: EncoderConfig, loss: LossConfig
                                  for name, got in (("cosine", result.scores), ("joint", result.joint_scores))}}
     return {"run_id": run_id, "metrics": metrics, "scores": {k: v.tolist() for k, v in scores.items()}, **readings,
             "teacher_dev_ap": result.metrics.get("teacher_dev_average_precision"),
-            "guard_warnings": int(run.data.metrics.get("guard_warnings", 0)),
+            "guard_warnings": int(run.data.metrics.get("guard_warnings", 0)) + (paused.guard_warnings if paused else 0),
             "guard": run.data.tags.get("flipkd.guard", ""),
             "filter_fraction_dropped": run.data.metrics.get("filter_fraction_dropped"),
             "train_pairs_per_s": run.data.metrics.get("train_pairs_per_s"), "curves": curves,
             "sizes": {split: len(frame) for split, frame in splits.items()}, "steps": int(train.max_steps or 0),
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started + (paused.seconds if paused else 0.0),
+            **({"paused_at": paused.paused_at} if paused and paused.paused_at else {})}

@@ -31,7 +31,9 @@ interval of test AP, which needs no threshold (where dev and test differ, F1 als
 
 Cells are stored the moment they finish (``benchmarks/results/headline_cells/<dataset>/<variant>-<hash>.json``:
 figures and every dev/test score, keyed by dataset, variant, seed and settings hash) and skipped by a later run with
-the same settings, so the table fills over several sittings; RESULTS.md names the cells still missing.
+the same settings, so the table fills over several sittings; RESULTS.md names the cells still missing. A student
+cell that the budget cannot fit pauses at a training checkpoint (every 25 steps, under the flipkd cache folder's
+``checkpoints/headline/<key>``) and the next run with the same settings continues it, into the same MLflow run.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +49,21 @@ import click
 import numpy as np
 
 from benchmarks import _results
-from benchmarks._cells import Budget, CellStore, cell_key, parse_budget
+from benchmarks._cells import Budget, CellStore, PausedCell, cell_key, parse_budget
 from benchmarks._machine import cpu_flags
 from benchmarks._real_size import build_real, train_cell
 from benchmarks.datasets import DATASETS
 from components.data.augment import AugmentConfig
 from components.losses.composite_loss import LossConfig
 from components.metrics import average_precision, best_f1, best_f1_threshold, classification_metrics, roc_auc
+from components.model_cache import cache_root
 from components.models import TEACHER_DEFAULT
 from components.student.lora_encoder import EncoderConfig
 from components.teacher.finetune import TeacherFinetuneConfig
+from components.training.checkpoint import CheckpointError, TrainingPaused, latest_checkpoint, load_checkpoint
 from components.training.trainer import TrainConfig
+from pipelines._data import data_fingerprint
+from pipelines._resume import Checkpointing
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CELLS_DIR, SUMMARY_FILE = RESULTS_DIR / "headline_cells", RESULTS_DIR / "headline.json"
@@ -79,6 +86,10 @@ FIXED_BY_VARIANT = frozenset({"parts", "seed"})
 SEEDS = (0, 1, 2)
 BOOTSTRAP = 2000
 ASSUMED_SECONDS = {"teacher": 120.0, "student": 300.0}
+# a student cell checkpoints every this many steps and, when the budget runs out, pauses at a checkpoint; one
+# starts if at least MIN_SITTING seconds of the budget are left (a sitting shorter than that is mostly loading)
+CHECKPOINT_EVERY = 25
+MIN_SITTING = 20 * 60.0
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -275,14 +286,36 @@ def rebuild_teacher(dataset: str, splits: dict, settings: Settings, epochs: int,
 
 
 def student_cell(dataset: str, splits: dict, settings: Settings, variant: str, seed: int, teacher_dir: str,
-                 cache_dir: str | None) -> dict:
+                 cache_dir: str | None, key: str, deadline: float | None = None) -> dict | None:
+    """One student cell, continued from where an earlier sitting paused it if one did; None when it pauses
+    (at a training checkpoint, because the next one would end past ``deadline``, a ``time.monotonic()``)."""
     encoder, loss, train = settings.student(variant)
-    train = dataclasses.replace(train, seed=seed)
+    # checkpoints change nothing the cell computes (a resumed run equals an uninterrupted one), so not its hash
+    train = dataclasses.replace(train, seed=seed, checkpoint_every=CHECKPOINT_EVERY)
     augment = settings.extra_pairs(variant)
-    cell = train_cell(f"{dataset}/{variant}/seed{seed}", splits, encoder, loss, train, Path(teacher_dir), cache_dir,
-                      EXPERIMENT, {"flipkd.benchmark": "headline", "benchmark.dataset": dataset,
-                                   "benchmark.variant": variant, "benchmark.seed": str(seed)},
-                      augment=augment and dataclasses.replace(augment, seed=seed))
+    folder = cache_root(cache_dir) / "checkpoints" / "headline" / key
+    checkpointing = Checkpointing(folder, {"cell": key, "data": data_fingerprint(splits), "teacher": teacher_dir},
+                                  deadline=deadline)
+    if latest_checkpoint(folder) is not None:
+        try:
+            checkpointing.resume = load_checkpoint(latest_checkpoint(folder), checkpointing.config)
+            click.echo(f"[headline] {dataset} {variant} seed {seed}: continuing from step {checkpointing.resume.step}")
+        except CheckpointError as error:
+            click.echo(f"[headline] {dataset} {variant} seed {seed}: its checkpoint cannot be continued ({error}); "
+                       "starting the cell over")
+            shutil.rmtree(folder)
+    paused = PausedCell(folder)
+    try:
+        cell = train_cell(f"{dataset}/{variant}/seed{seed}", splits, encoder, loss, train, Path(teacher_dir),
+                          cache_dir, EXPERIMENT, {"flipkd.benchmark": "headline", "benchmark.dataset": dataset,
+                                                  "benchmark.variant": variant, "benchmark.seed": str(seed)},
+                          augment=augment and dataclasses.replace(augment, seed=seed), checkpointing=checkpointing,
+                          paused=paused)
+    except TrainingPaused as stop:
+        click.echo(f"[headline] {dataset} {variant} seed {seed}: paused after step {stop.step} "
+                   f"({paused.seconds:.0f} s so far); the next run with the same settings continues it")
+        return None
+    shutil.rmtree(folder, ignore_errors=True)  # the cell is complete: the caller stores it
     cell["scores"] = {k: np.round(v, 6).tolist() for k, v in cell["scores"].items()}
     cell["brief"] = settings.brief(variant)
     cell["cpu_flags"] = cpu_flags()
@@ -537,7 +570,9 @@ def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> 
 @click.option("--variants", default=",".join(STUDENTS), show_default=True,
               help="Comma list of the student variants to run (the teachers always run); the table still names "
                    "the missing cells of the others.")
-@click.option("--budget", default=None, help="Stop cleanly before this much wall time (e.g. 150m).")
+@click.option("--budget", default=None,
+              help="Stop cleanly before this much wall time (e.g. 150m): a student cell that does not fit pauses at a "
+                   "training checkpoint, and the next run with the same settings continues it.")
 @click.option("--render", "render_only", is_flag=True, help="Only rewrite RESULTS.md and headline.json from the cells.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="flipkd cache folder.")
 def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_count: int, variants: str,
@@ -583,12 +618,18 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_c
                     click.echo(f"[headline] {dataset} {variant} seed {seed}: same settings as a stored cell, reused")
                     continue
                 rebuild = ASSUMED_SECONDS["teacher"] if teacher_dir is None else 0
-                if not clock.allows(expected_seconds(store, dataset, key.split("/")[-1], flags) + rebuild):
+                # a cell longer than the budget left starts anyway when a sitting's worth is left: it pauses
+                expected = min(expected_seconds(store, dataset, key.split("/")[-1], flags), MIN_SITTING)
+                if not clock.allows(expected + rebuild):
                     stopped = True
                     break
                 if teacher_dir is None:
                     teacher_dir, rebuilt = rebuild_teacher(dataset, splits, settings, epochs, teacher, cache_dir)
-                cell = student_cell(dataset, splits, settings, variant, seed, teacher_dir, cache_dir)
+                cell = student_cell(dataset, splits, settings, variant, seed, teacher_dir, cache_dir, key,
+                                    clock.deadline())
+                if cell is None:
+                    stopped = True
+                    break
                 if rebuilt is not None:
                     cell["teacher_rebuilt"] = rebuilt
                 store.put(key, cell)

@@ -93,8 +93,8 @@ def run(name: str, experiment: str | None = None, nested: bool = False,
     try:
         mlflow.set_tags(base_tags())
         yield active
-    except BaseException:
-        mlflow.end_run(status="FAILED")
+    except BaseException as error:  # a pause at a checkpoint (TrainingPaused) is resumable: KILLED, not FAILED
+        mlflow.end_run(status="KILLED" if getattr(error, "resumable", False) else "FAILED")
         raise
     else:
         mlflow.end_run(status="FINISHED")

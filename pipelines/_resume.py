@@ -8,7 +8,8 @@ The checkpoints themselves (atomic, checksummed) are :mod:`components.training.c
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -34,6 +35,27 @@ class Checkpointing:
     config: dict
     resume: Checkpoint | None = None
     logged_step: int = 0  # steps the interrupted run already logged: not logged twice
+    # time.monotonic() by which training must have stopped, at a checkpoint (a budgeted benchmark): None, never
+    deadline: float | None = None
+    _since: tuple[int, float] | None = field(default=None, repr=False)
+
+    def start(self, step: int) -> None:
+        """Training (re)starts at ``step``: the pace the deadline is judged by is measured from here."""
+        self._since = (step, time.monotonic())
+
+    def out_of_time(self, step: int, next_step: int, last_step: int, eval_seconds: float, after_training: float
+                    ) -> bool:
+        """At the checkpoint of ``step``: would the steps to the next checkpoint (``next_step``) end past the
+        deadline? They take this run's pace so far (dev evaluations included), plus one ``eval_seconds`` in case
+        an evaluation falls among them, plus ``after_training`` (the scoring after the last step) when
+        ``next_step`` is ``last_step``."""
+        if self.deadline is None or step >= last_step:
+            return False
+        begun, when = self._since or (0, time.monotonic())
+        now = time.monotonic()
+        pace = (now - when) / max(step - begun, 1)
+        need = pace * (next_step - step) + eval_seconds + (after_training if next_step >= last_step else 0.0)
+        return now + need > self.deadline
 
 
 def checkpoint_folder(cache_dir: str | None, run_id: str) -> Path:

@@ -39,6 +39,7 @@ from components.teacher.scorer import TeacherScorer
 from components.teacher.signal import TeacherSignal
 from components.training.checkpoint import (
     CheckpointError,
+    TrainingPaused,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -195,6 +196,8 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     logged = checkpointing.logged_step if checkpointing else 0
 
     guard = DivergenceGuard()
+    # the scoring after training, counted in dev evaluations: every split but train, each scored as dev is
+    scored_after = sum(len(f) for name, f in splits.items() if name != "train") / max(len(splits.get("dev", ())), 1)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         said = guard.observe(step, metrics)
@@ -206,7 +209,11 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
                 mlflow.set_tag("flipkd.guard", "; ".join(m for _, m in guard.warnings[-3:]))
 
     def on_checkpoint(step: int) -> None:
-        save_checkpoint(checkpointing.folder, trainer.state_dict(), checkpointing.config)
+        folder = save_checkpoint(checkpointing.folder, trainer.state_dict(), checkpointing.config)
+        every, last = train_config.checkpoint_every, trainer.total_steps
+        if not trainer.early.stopped and checkpointing.out_of_time(
+                step, min(step + every, last), last, trainer.eval_seconds, trainer.eval_seconds * scored_after):
+            raise TrainingPaused(step, folder)
 
     trainer = Trainer(encoder, loss, pairs, train_config, on_step=on_step if log else None, show_progress=progress,
                       on_checkpoint=on_checkpoint if checkpointing else None, distributed=distributed,
@@ -216,6 +223,8 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
     if resume is not None:
         trainer.load_state_dict(resume.state)
         click.echo(f"resumed at step {trainer.step} of {trainer.total_steps} from {resume.path}")
+    if checkpointing:
+        checkpointing.start(trainer.step)
     summary = trainer.train()
     if distributed is not None and not distributed.is_main:
         return StudentRun(encoder, signal, {}, 0.5)

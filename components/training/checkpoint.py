@@ -54,6 +54,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, incomplete, damaged, or made with other options or data."""
 
 
+class TrainingPaused(Exception):  # noqa: N818 - a planned stop, not an error
+    """Training stopped on purpose right after the checkpoint of ``step``, out of time: resume from it."""
+
+    resumable = True  # an MLflow run ended by it is KILLED, not FAILED (pipelines._mlflow.run)
+
+    def __init__(self, step: int, folder: Path) -> None:
+        super().__init__(f"training paused after the checkpoint of step {step} under {folder}: out of time")
+        self.step, self.folder = step, folder
+
+
 @dataclass
 class Checkpoint:
     """A verified checkpoint: ``state`` goes to :meth:`Trainer.load_state_dict`."""

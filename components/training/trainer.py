@@ -295,6 +295,7 @@ class Trainer:
         self.step = 0
         self.data_seconds = 0.0
         self.compute_seconds = 0.0
+        self.eval_seconds = 0.0  # the last dev evaluation's: what scoring dev once costs (a pause's time guess)
         self._lengths = [max(len(a), len(b)) for a, b in zip(pairs.text_a, pairs.text_b, strict=True)]
 
     # ----------------------------------------------------------------- resumable state
@@ -488,8 +489,10 @@ class Trainer:
 
     def _evaluate(self) -> None:
         """Score dev; keep the parameters if they are the best so far; stop after ``patience`` misses."""
+        started = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # evaluation must not change the training's random stream
             score = float(self.evaluate(self.step))
+        self.eval_seconds = time.perf_counter() - started
         self.encoder.train()
         if score > self.early.best_score:
             self.early.best_score, self.early.best_step, self.early.bad_evals = score, self.step, 0

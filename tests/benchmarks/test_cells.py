@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from benchmarks._cells import Budget, CellStore, cell_key, parse_budget
+from benchmarks._cells import Budget, CellStore, PausedCell, cell_key, parse_budget
 
 
 @pytest.mark.parametrize("text,seconds", [("150m", 9000), ("2h", 7200), ("2h30m", 9000), ("90s", 90), ("45", 2700),
@@ -92,3 +92,22 @@ def test_the_before_preset_pins_the_old_settings():
 
     before = make_settings("before", "before", (), 200, "auto")
     assert (before.train.learning_rate, before.train.clip_mode, before.loss.w_dist) == (1e-3, "value", 1.0)
+
+
+def test_a_paused_cell_adds_up_its_sittings_and_reads_back(tmp_path):
+    folder = tmp_path / "checkpoints" / "cell"
+    assert PausedCell(folder).run_id is None and PausedCell(folder).seconds == 0.0  # never paused: nothing
+    first = PausedCell(folder)
+    first.pause("run-a", 25, 100.0, 1)
+    again = PausedCell(folder)
+    again.pause("run-a", 50, 40.5, 0)
+    back = PausedCell(folder)
+    assert (back.run_id, back.seconds, back.paused_at, back.guard_warnings) == ("run-a", 140.5, [25, 50], 1)
+    assert [p.name for p in folder.iterdir()] == ["cell.json"]  # written atomically: no temporary file left
+
+
+def test_a_budget_has_a_deadline_only_when_given():
+    assert Budget(None).deadline() is None
+    budget = Budget(90.0)
+    assert budget.deadline() == pytest.approx(budget.started + 90.0)
+

@@ -323,3 +323,29 @@ def test_the_table_gives_the_all_match_floor_and_each_rows_hindsight_f1(tmp_path
     assert f"calling every test pair a match scores test F1 {summary['all_match_f1']:.3f}" in text
     data = headline_json({"d": summary}, settings, "cmd")["d"]
     assert set(data["hindsight_f1"]) == set(summary["rows"]) and data["all_match_f1"] == summary["all_match_f1"]
+
+
+def test_a_student_cell_keeps_its_checkpoints_when_paused_and_drops_them_when_complete(tmp_path, monkeypatch):
+    from components.training.checkpoint import TrainingPaused
+
+    calls = []
+
+    def fake_cell(name, splits, encoder, loss, train, teacher_dir, cache_dir, experiment, tags, augment, checkpointing,
+                  paused):
+        calls.append((train.checkpoint_every, checkpointing.deadline, checkpointing.resume))
+        checkpointing.folder.mkdir(parents=True, exist_ok=True)
+        if len(calls) == 1:
+            paused.pause("run", 25, 10.0, 0)
+            raise TrainingPaused(25, checkpointing.folder)
+        return {"scores": {"dev": np.array([0.5])}, "metrics": {}}
+
+    monkeypatch.setattr(headline, "train_cell", fake_cell)
+    splits = {}  # the fake cell reads no data
+    settings = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ())
+    key = "d/flip_best/seed0/h"
+    folder = tmp_path / "checkpoints" / "headline" / key
+    assert headline.student_cell("d", splits, settings, "flip_best", 0, "teacher", str(tmp_path), key, 5.0) is None
+    assert folder.is_dir() and calls[0] == (headline.CHECKPOINT_EVERY, 5.0, None)
+    cell = headline.student_cell("d", splits, settings, "flip_best", 0, "teacher", str(tmp_path), key)
+    assert cell["scores"] == {"dev": [0.5]} and "cpu_flags" in cell
+    assert not folder.exists()  # complete: nothing left to continue

@@ -54,3 +54,48 @@ def test_joint_reading_keeps_the_teacher_and_the_cosine_figures():
     metrics = {"dev_f1": 0.5, "teacher_dev_f1": 0.6, "joint_dev_f1": 0.7}
     assert joint_reading(metrics) == {"dev_f1": 0.7, "cosine_dev_f1": 0.5, "teacher_dev_f1": 0.6}
     assert joint_reading({"dev_f1": 0.5}) == {"dev_f1": 0.5}
+
+
+def _tiny_cell(folder, splits, tiny_llama_dir, tiny_bert_dir, deadline=None):
+    """The headline's way of running a cell, on the tiny models: checkpoints every 2 steps, pausable."""
+    from benchmarks._cells import PausedCell
+    from components.training.checkpoint import latest_checkpoint, load_checkpoint
+    from pipelines._resume import Checkpointing
+
+    checkpointing = Checkpointing(folder, {"cell": "tiny"}, deadline=deadline)
+    if latest_checkpoint(folder) is not None:
+        checkpointing.resume = load_checkpoint(latest_checkpoint(folder), checkpointing.config)
+    train_config = TrainConfig(max_steps=6, batch_size=8, checkpoint_every=2, eval_every=3, learning_rate=1e-3)
+    return train_cell("cell", splits, EncoderConfig(rank=4, alpha=8, max_length=16), LossConfig(), train_config,
+                      Path(tiny_bert_dir), None, "t", {}, student=str(tiny_llama_dir), checkpointing=checkpointing,
+                      paused=PausedCell(folder))
+
+
+def test_a_cell_out_of_time_pauses_at_a_checkpoint_and_continues_into_the_same_run(mlflow_env, tmp_path,
+                                                                                     tiny_llama_dir, tiny_bert_dir):
+    import time
+
+    from benchmarks._cells import PausedCell
+    from components.data.demo import demo_pairs
+    from components.data.splitting import split_grouped
+    from components.training.checkpoint import TrainingPaused, latest_checkpoint, step_of
+
+    splits = {name: frame.head(24) for name, frame in split_grouped(demo_pairs(), seed=0).items()}
+    with _mlflow.run("headline", "t"):
+        whole = _tiny_cell(tmp_path / "whole", splits, tiny_llama_dir, tiny_bert_dir)
+    folder = tmp_path / "paused"
+    with _mlflow.run("headline", "t"), pytest.raises(TrainingPaused) as stop:
+        _tiny_cell(folder, splits, tiny_llama_dir, tiny_bert_dir, deadline=time.monotonic())  # no time left
+    paused = PausedCell(folder)
+    assert stop.value.step == 2 and step_of(latest_checkpoint(folder)) == 2 and paused.paused_at == [2]
+    assert mlflow_env.get_run(paused.run_id).info.status == "KILLED"
+    with _mlflow.run("headline", "t"):
+        cell = _tiny_cell(folder, splits, tiny_llama_dir, tiny_bert_dir)
+    assert cell["run_id"] == paused.run_id and mlflow_env.get_run(cell["run_id"]).info.status == "FINISHED"
+    assert cell["paused_at"] == [2] and cell["seconds"] > paused.seconds > 0
+    assert "paused_at" not in whole
+    for split in ("dev", "test"):
+        np.testing.assert_allclose(cell["scores"][split], whole["scores"][split], atol=1e-5)
+    steps = [m.step for m in mlflow_env.get_metric_history(cell["run_id"], "loss/total")]
+    assert sorted(steps) == list(range(1, 7))  # every step logged once, across the two sittings
+    assert cell["metrics"]["dev_average_precision"] == pytest.approx(whole["metrics"]["dev_average_precision"])

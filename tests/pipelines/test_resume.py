@@ -155,3 +155,29 @@ def test_resume_without_a_checkpoint_is_refused(mlflow_env, tiny_model_args):
     mlflow_env.set_terminated(crashed, "FINISHED")
     finished = CliRunner().invoke(train.cli, tiny_model_args + ["--resume", crashed])
     assert finished.exit_code == 2 and "has finished" in finished.output, finished.output
+
+
+# (seconds left, step, next checkpoint, last step, eval s, after training s, pause?) at a pace of 1 s a step
+DEADLINES = [
+    (None, 10, 15, 30, 0.0, 0.0, False),  # no deadline: never
+    (100.0, 10, 15, 30, 0.0, 0.0, False),  # 5 more steps fit in 100 s
+    (4.0, 10, 15, 30, 0.0, 0.0, True),  # they do not fit in 4 s
+    (8.0, 10, 15, 30, 5.0, 0.0, True),  # nor with an evaluation (5 s) among them in 8 s
+    (8.0, 25, 30, 30, 0.0, 5.0, True),  # the last steps bring the scoring after training along
+    (8.0, 20, 25, 30, 0.0, 5.0, False),  # ... only the last ones
+    (0.0, 30, 30, 30, 0.0, 5.0, False),  # at the last step there is nothing left to pause
+]
+
+
+@pytest.mark.parametrize("left, step, next_step, last, eval_s, after, expected", DEADLINES)
+def test_out_of_time_weighs_the_steps_to_the_next_checkpoint_at_this_sittings_pace(monkeypatch, left, step, next_step,
+                                                                                    last, eval_s, after, expected):
+    from pipelines import _resume
+
+    now = [1000.0]
+    monkeypatch.setattr(_resume.time, "monotonic", lambda: now[0])
+    checkpointing = _resume.Checkpointing(Path("unused"), {})
+    checkpointing.start(step - 10)
+    now[0] += 10.0  # 10 steps in 10 s
+    checkpointing.deadline = None if left is None else now[0] + left
+    assert checkpointing.out_of_time(step, next_step, last, eval_s, after) is expected
