@@ -46,9 +46,9 @@ class Checkpointing:
     def out_of_time(self, step: int, next_step: int, last_step: int, eval_seconds: float, after_training: float
                     ) -> bool:
         """At the checkpoint of ``step``: would the steps to the next checkpoint (``next_step``) end past the
-        deadline? They take this run's pace so far (dev evaluations included), plus one ``eval_seconds`` in case
-        an evaluation falls among them, plus ``after_training`` (the scoring after the last step) when
-        ``next_step`` is ``last_step``."""
+        deadline? They take this sitting's pace so far, plus ``eval_seconds`` (a dev evaluation among them, 0 if
+        none falls there), plus ``after_training`` (the scoring after the last step) when ``next_step`` is
+        ``last_step``."""
         if self.deadline is None or step >= last_step:
             return False
         begun, when = self._since or (0, time.monotonic())

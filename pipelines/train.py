@@ -210,9 +210,11 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
 
     def on_checkpoint(step: int) -> None:
         folder = save_checkpoint(checkpointing.folder, trainer.state_dict(), checkpointing.config)
-        every, last = train_config.checkpoint_every, trainer.total_steps
+        last, evals = trainer.total_steps, train_config.eval_every
+        upto = min(step + train_config.checkpoint_every, last)
+        evaluating = bool(evals) and (upto // evals > step // evals or upto == last)  # a dev evaluation on the way
         if not trainer.early.stopped and checkpointing.out_of_time(
-                step, min(step + every, last), last, trainer.eval_seconds, trainer.eval_seconds * scored_after):
+                step, upto, last, trainer.eval_seconds if evaluating else 0.0, trainer.eval_seconds * scored_after):
             raise TrainingPaused(step, folder)
 
     trainer = Trainer(encoder, loss, pairs, train_config, on_step=on_step if log else None, show_progress=progress,
