@@ -30,6 +30,15 @@ def parse_budget(text: str) -> float:
     return hours * 3600 + minutes * 60 + seconds
 
 
+def _write_atomically(target: Path, text: str) -> None:
+    """``text`` into ``target`` through a temporary file beside it: a reader sees the old file or the new one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temp, target)
+
+
 def cell_key(dataset: str, variant: str, seed: int, settings_hash: str) -> str:
     return f"{dataset}/{variant}/seed{seed}/{settings_hash}"
 
@@ -65,14 +74,10 @@ class CellStore:
     def put(self, key: str, record: dict[str, Any]) -> None:
         self.cells[key] = record
         target = self.file_of(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         # one cell per line, compact: a new cell is a one-line diff
         lines = [f"{json.dumps(k)}: {json.dumps(self.cells[k], sort_keys=True, separators=(',', ':'))}"
                  for k in sorted(self.cells) if self.file_of(k) == target]
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write('{"cells": {\n' + ",\n".join(lines) + "\n}}\n")
-        os.replace(temp, target)
+        _write_atomically(target, '{"cells": {\n' + ",\n".join(lines) + "\n}}\n")
 
 
 class Budget:
@@ -112,9 +117,6 @@ class PausedCell:
         self.run_id, self.seconds = run_id, self.seconds + seconds
         self.paused_at.append(int(step))
         self.guard_warnings += int(guard_warnings)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=self.folder, prefix=f".{self.FILE}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"run_id": self.run_id, "seconds": self.seconds, "paused_at": self.paused_at,
-                       "guard_warnings": self.guard_warnings}, handle)
-        os.replace(temp, self.folder / self.FILE)
+        _write_atomically(self.folder / self.FILE, json.dumps({"run_id": self.run_id, "seconds": self.seconds,
+                                                               "paused_at": self.paused_at,
+                                                               "guard_warnings": self.guard_warnings}))

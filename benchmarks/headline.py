@@ -296,9 +296,10 @@ def student_cell(dataset: str, splits: dict, settings: Settings, variant: str, s
     folder = cache_root(cache_dir) / "checkpoints" / "headline" / key
     checkpointing = Checkpointing(folder, {"cell": key, "data": data_fingerprint(splits), "teacher": teacher_dir},
                                   deadline=deadline)
-    if latest_checkpoint(folder) is not None:
+    latest = latest_checkpoint(folder)
+    if latest is not None:
         try:
-            checkpointing.resume = load_checkpoint(latest_checkpoint(folder), checkpointing.config)
+            checkpointing.resume = load_checkpoint(latest, checkpointing.config)
             click.echo(f"[headline] {dataset} {variant} seed {seed}: continuing from step {checkpointing.resume.step}")
         except CheckpointError as error:
             click.echo(f"[headline] {dataset} {variant} seed {seed}: its checkpoint cannot be continued ({error}); "

@@ -110,4 +110,3 @@ def test_a_budget_has_a_deadline_only_when_given():
     assert Budget(None).deadline() is None
     budget = Budget(90.0)
     assert budget.deadline() == pytest.approx(budget.started + 90.0)
-
