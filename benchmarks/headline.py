@@ -286,9 +286,11 @@ def rebuild_teacher(dataset: str, splits: dict, settings: Settings, epochs: int,
 
 
 def student_cell(dataset: str, splits: dict, settings: Settings, variant: str, seed: int, teacher_dir: str,
-                 cache_dir: str | None, key: str, deadline: float | None = None) -> dict | None:
-    """One student cell, continued from where an earlier sitting paused it if one did; None when it pauses
-    (at a training checkpoint, because the next one would end past ``deadline``, a ``time.monotonic()``)."""
+                 cache_dir: str | None, key: str, store: CellStore, deadline: float | None = None,
+                 rebuilt: dict | None = None) -> dict | None:
+    """One student cell, continued from where an earlier sitting paused it if one did, stored in ``store``
+    before its checkpoints are dropped (a kill in between loses nothing); None when it pauses (at a training
+    checkpoint, because the next one would end past ``deadline``, a ``time.monotonic()``)."""
     encoder, loss, train = settings.student(variant)
     # checkpoints change nothing the cell computes (a resumed run equals an uninterrupted one), so not its hash
     train = dataclasses.replace(train, seed=seed, checkpoint_every=CHECKPOINT_EVERY)
@@ -316,10 +318,13 @@ def student_cell(dataset: str, splits: dict, settings: Settings, variant: str, s
         click.echo(f"[headline] {dataset} {variant} seed {seed}: paused after step {stop.step} "
                    f"({paused.seconds:.0f} s so far); the next run with the same settings continues it")
         return None
-    shutil.rmtree(folder, ignore_errors=True)  # the cell is complete: the caller stores it
     cell["scores"] = {k: np.round(v, 6).tolist() for k, v in cell["scores"].items()}
     cell["brief"] = settings.brief(variant)
     cell["cpu_flags"] = cpu_flags()
+    if rebuilt is not None:
+        cell["teacher_rebuilt"] = rebuilt
+    store.put(key, cell)
+    shutil.rmtree(folder, ignore_errors=True)  # stored: nothing left to continue
     return cell
 
 
@@ -626,14 +631,11 @@ def cli(datasets: str, best: tuple[str, ...], overrides: tuple[str, ...], seed_c
                     break
                 if teacher_dir is None:
                     teacher_dir, rebuilt = rebuild_teacher(dataset, splits, settings, epochs, teacher, cache_dir)
-                cell = student_cell(dataset, splits, settings, variant, seed, teacher_dir, cache_dir, key,
-                                    clock.deadline())
+                cell = student_cell(dataset, splits, settings, variant, seed, teacher_dir, cache_dir, key, store,
+                                    clock.deadline(), rebuilt)
                 if cell is None:
                     stopped = True
                     break
-                if rebuilt is not None:
-                    cell["teacher_rebuilt"] = rebuilt
-                store.put(key, cell)
                 m = cell["metrics"]
                 click.echo(f"[headline] {dataset} {variant} seed {seed}: test F1 {m['test_f1']:.3f}, AP "
                            f"{m['test_average_precision']:.3f}, dev AP {m['dev_average_precision']:.3f} "

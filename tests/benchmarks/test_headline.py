@@ -325,7 +325,7 @@ def test_the_table_gives_the_all_match_floor_and_each_rows_hindsight_f1(tmp_path
     assert set(data["hindsight_f1"]) == set(summary["rows"]) and data["all_match_f1"] == summary["all_match_f1"]
 
 
-def test_a_student_cell_keeps_its_checkpoints_when_paused_and_drops_them_when_complete(tmp_path, monkeypatch):
+def test_a_student_cell_keeps_its_checkpoints_when_paused_and_drops_them_once_stored(tmp_path, monkeypatch):
     from components.training.checkpoint import TrainingPaused
 
     calls = []
@@ -344,8 +344,18 @@ def test_a_student_cell_keeps_its_checkpoints_when_paused_and_drops_them_when_co
     settings = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ())
     key = "d/flip_best/seed0/h"
     folder = tmp_path / "checkpoints" / "headline" / key
-    assert headline.student_cell("d", splits, settings, "flip_best", 0, "teacher", str(tmp_path), key, 5.0) is None
-    assert folder.is_dir() and calls[0] == (headline.CHECKPOINT_EVERY, 5.0, None)
-    cell = headline.student_cell("d", splits, settings, "flip_best", 0, "teacher", str(tmp_path), key)
-    assert cell["scores"] == {"dev": [0.5]} and "cpu_flags" in cell
-    assert not folder.exists()  # complete: nothing left to continue
+    stored = []
+
+    class Store(CellStore):
+        def put(self, key, record):
+            stored.append((key, folder.is_dir()))  # the checkpoints are still there while the cell is stored
+            super().put(key, record)
+
+    store = Store(tmp_path / "cells", shard=True)
+    args = ("d", splits, settings, "flip_best", 0, "teacher", str(tmp_path), key, store)
+    assert headline.student_cell(*args, 5.0) is None
+    assert folder.is_dir() and calls[0] == (headline.CHECKPOINT_EVERY, 5.0, None) and stored == []
+    cell = headline.student_cell(*args, None, {"stored_dev_ap": 0.8})
+    assert cell["scores"] == {"dev": [0.5]} and "cpu_flags" in cell and cell["teacher_rebuilt"]["stored_dev_ap"] == 0.8
+    assert stored == [(key, True)] and CellStore(tmp_path / "cells", shard=True).get(key) == cell
+    assert not folder.exists()  # stored: nothing left to continue
