@@ -16,6 +16,11 @@ short), 3 epochs per configuration from a cold cache, for full depth (today's de
 over the first epoch with the cache build, over the later epochs (warm cache), over the whole run; peak RSS (each
 configuration runs in a process of its own); cache size on disk per 1,000 texts. Part ``depth_quality``: dev F1 and
 AP of ``flip_full`` at the quality benchmark's data and step count (3 seeds) on banking77 and STS-B, per K.
+Part ``joint``: the decoder path (``--sup-mode generative`` / ``both``) from the prefix cache against full depth, in
+one process on real STS-B pairs at the headline's student (LoRA in the top 16 blocks, readout rank 128): training
+pairs/s of L_sup's generative term (forward and backward, batches of 16 pairs; cold cache, then warm) and joint
+scoring pairs/s of dev pairs (full depth in input order, as before, against the cache with batches formed by length),
+with the largest score gap between the two.
 
 Writes ``benchmarks/results/throughput.json`` (each part replaces its own keys) and its section of
 ``benchmarks/RESULTS.md``. Absolute times on a shared machine are noisy: compare the ratios.
@@ -39,6 +44,7 @@ from benchmarks.datasets import DEFAULT_DATA_ROOT, build
 from components.data.contract import read_pairs
 from components.data.demo import write_demo
 from components.losses.composite_loss import FlipKDLoss, LossConfig
+from components.losses.sup_loss import SupervisedLoss
 from components.metrics import best_f1
 from components.model_cache import cache_root
 from components.models import load_student, resolve_student
@@ -392,7 +398,95 @@ def render_depth_quality(r: dict) -> list[str]:
     return lines
 
 
-PARTS = ("loop", "depth", "depth_quality", "train_memory")
+JOINT_PAIRS = {"train": 64, "dev": 192}  # STS-B pairs: 4 training batches of 16, one dev scoring pass
+JOINT_BATCH = 16
+JOINT_ENCODER = {"lora_layers": 16, "readout_rank": 128}  # the headline's student
+
+
+def measure_joint(seed: int, quick: bool) -> dict:
+    """Pairs/s of the decoder path with and without the frozen prefix's cache, on the same batches, one process."""
+    import tempfile
+
+    counts = {"train": 32, "dev": 32} if quick else JOINT_PAIRS
+    splits = build("stsbenchmark", DEFAULT_DATA_ROOT, max_train=counts["train"], max_dev=counts["dev"], max_test=16,
+                   seed=0)
+    torch.manual_seed(seed)
+    student = resolve_student()
+    model, tokenizer = load_student(student)
+    encoder = LoraEncoder(model, tokenizer, EncoderConfig(**JOINT_ENCODER))
+    sup = SupervisedLoss("generative")
+    train, dev = splits["train"], splits["dev"]
+    a, b, y = list(train["text_a"]), list(train["text_b"]), torch.as_tensor(train["match"].to_numpy(np.float32))
+    batches = [(encoder.tokenize_pairs(a[i:i + JOINT_BATCH], b[i:i + JOINT_BATCH]), y[i:i + JOINT_BATCH])
+               for i in range(0, len(a), JOINT_BATCH)]
+
+    def train_pass(use_prefix: bool) -> float:
+        encoder.train()
+        start = time.perf_counter()
+        for batch, labels in batches:
+            sup(labels, label_logprobs=encoder.label_logprobs(**batch, use_prefix=use_prefix)).backward()
+        seconds = time.perf_counter() - start
+        encoder.model.zero_grad(set_to_none=True)
+        return len(a) / seconds
+
+    da, db = list(dev["text_a"]), list(dev["text_b"])
+
+    @torch.inference_mode()
+    def full_depth_scores() -> torch.Tensor:  # joint scoring before the cache: input order, every block
+        encoder.eval()
+        return torch.cat([torch.softmax(encoder.label_logprobs(**encoder.tokenize_pairs(
+            da[i:i + JOINT_BATCH], db[i:i + JOINT_BATCH]), use_prefix=False), -1)[:, 1]
+            for i in range(0, len(da), JOINT_BATCH)])
+
+    def timed(score) -> tuple[float, torch.Tensor]:
+        start = time.perf_counter()
+        scores = score()
+        return len(da) / (time.perf_counter() - start), scores
+
+    with tempfile.TemporaryDirectory(prefix="flipkd-prefix-") as root:
+        encoder.use_prefix_store(disk_store(root, student, encoder.prefix_start))
+        # alternated, so drift in the machine's speed falls on both
+        full = [train_pass(False)]
+        cold = train_pass(True)
+        warm = [train_pass(True)]
+        full.append(train_pass(False))
+        warm.append(train_pass(True))
+        score_full, reference = timed(full_depth_scores)
+        score_cold, _ = timed(lambda: encoder.joint_scores(da, db, batch_size=JOINT_BATCH))
+        score_warm, cached = timed(lambda: encoder.joint_scores(da, db, batch_size=JOINT_BATCH))
+    out = {"dataset": "stsbenchmark", "train_pairs": len(a), "dev_pairs": len(da), "batch": JOINT_BATCH,
+           "encoder": JOINT_ENCODER, "prefix_start": encoder.prefix_start,
+           "train_full_pairs_per_s": float(np.mean(full)), "train_cold_pairs_per_s": cold,
+           "train_warm_pairs_per_s": float(np.mean(warm)),
+           "score_full_pairs_per_s": score_full, "score_cold_pairs_per_s": score_cold,
+           "score_warm_pairs_per_s": score_warm,
+           "max_score_gap": float((cached - reference).abs().max())}
+    for part in ("train", "score"):
+        for key in ("cold", "warm"):
+            out[f"{part}_{key}_speedup"] = out[f"{part}_{key}_pairs_per_s"] / out[f"{part}_full_pairs_per_s"]
+    print(f"[joint] {out}", flush=True)
+    return out
+
+
+def render_joint(r: dict) -> list[str]:
+    j = r["joint"]
+    return ["", f"**The decoder path from the prefix cache** (`{r['joint_command']}`, fp32, {j['threads']} threads, "
+                f"CPU flags {', '.join(j['cpu_flags']) or 'unknown'}; `--sup-mode generative` / `both`): "
+                f"{j['dataset']}, LoRA in the top {j['encoder']['lora_layers']} blocks (blocks below "
+                f"{j['prefix_start']} from the cache), readout rank {j['encoder']['readout_rank']}, batches of "
+                f"{j['batch']} pairs, in one process. Against full depth (the decoder path before it read the cache; "
+                "its scoring in input order):", "",
+            "| | full depth pairs/s | cache cold pairs/s | cache warm pairs/s |", "|---|---|---|---|",
+            f"| training, L_sup's generative term, forward and backward ({j['train_pairs']} pairs) | "
+            f"{j['train_full_pairs_per_s']:.2f} | {j['train_cold_pairs_per_s']:.2f} ({j['train_cold_speedup']:.2f}x) | "
+            f"{j['train_warm_pairs_per_s']:.2f} ({j['train_warm_speedup']:.2f}x) |",
+            f"| joint scoring, batches by length ({j['dev_pairs']} dev pairs) | {j['score_full_pairs_per_s']:.2f} | "
+            f"{j['score_cold_pairs_per_s']:.2f} ({j['score_cold_speedup']:.2f}x) | "
+            f"{j['score_warm_pairs_per_s']:.2f} ({j['score_warm_speedup']:.2f}x) |", "",
+            f"Largest gap between the two paths' scores: {j['max_score_gap']:.1e}."]
+
+
+PARTS = ("loop", "depth", "depth_quality", "train_memory", "joint")
 
 
 def prefix_cache_summary(r: dict) -> dict:
@@ -423,7 +517,8 @@ def prefix_cache_summary(r: dict) -> dict:
 @click.option("--parts", default=",".join(PARTS), show_default=True,
               help="Comma list of parts to measure: loop (default loop vs --naive), depth (LoRA depth and the prefix "
                    "cache: speed, memory, cache size), depth_quality (dev F1/AP per depth; about 30 student runs), "
-                   "train_memory (peak RSS of train on 1,524 real pairs); "
+                   "train_memory (peak RSS of train on 1,524 real pairs), joint (the decoder path from the "
+                   "prefix cache against full depth: training and scoring pairs/s); "
                    "'none' only rewrites RESULTS.md from the stored JSON.")
 def main(steps: int, quick: bool, seed: int, precision: str, parts: str) -> None:
     """Measure training/inference throughput and MFU; write RESULTS.md and results/throughput.json."""
@@ -434,8 +529,10 @@ def main(steps: int, quick: bool, seed: int, precision: str, parts: str) -> None
         raise click.BadParameter(f"a comma list of {', '.join(PARTS)}, got {parts!r}", param_hint="--parts")
     steps = 8 if quick else steps
     results = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.is_file() and not quick else {}
-    results.update({"cpu": platform.processor() or platform.machine(), "cpu_flags": cpu_flags(),
-                    "threads": torch.get_num_threads(), "quick": quick})
+    machine = {"cpu": platform.processor() or platform.machine(), "cpu_flags": cpu_flags(),
+               "threads": torch.get_num_threads(), "quick": quick}
+    if set(chosen) - {"joint"}:  # the machine of the other parts' figures (joint keeps its own)
+        results.update(machine)
     if "loop" in chosen:
         results.update(measure_loop(steps, seed, precision))
         results["loop_command"] = "python -m benchmarks.throughput" + (f" --steps {steps}" if steps != 30 else "") + (
@@ -447,6 +544,9 @@ def main(steps: int, quick: bool, seed: int, precision: str, parts: str) -> None
         results["depth_quality"] = measure_depth_quality(2 if quick else 3, quick)
     if "train_memory" in chosen:
         results["train_memory"] = train_memory(quick)
+    if "joint" in chosen:
+        results["joint"] = {**measure_joint(seed, quick), **machine}
+        results["joint_command"] = "python -m benchmarks.throughput --parts joint"
     results.update(prefix_cache_summary(results))
     print(json.dumps(results, indent=2))
     if quick:
@@ -459,6 +559,7 @@ def main(steps: int, quick: bool, seed: int, precision: str, parts: str) -> None
     lines += render_depth_quality(results) if "depth_quality" in results else []
     lines += render_prefix_summary(results)
     lines += render_memory(results) if "train_memory" in results else []
+    lines += render_joint(results) if "joint" in results else []
     write_section("throughput", "\n".join(lines))
 
 

@@ -378,13 +378,27 @@ class LoraEncoder(nn.Module):
             mask[i, width - len(row):] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
 
-    def label_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[N, 2] = (log p(no), log p(yes)) over the full vocabulary at the answer position; differentiable."""
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    def label_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       use_prefix: bool = True) -> torch.Tensor:
+        """[N, 2] = (log p(no), log p(yes)) over the full vocabulary at the answer position; differentiable.
+
+        With a frozen prefix and ``use_prefix``, the blocks below the first tuned one are read from the prefix's
+        cache, keyed by each pair prompt's token ids: a pair's bottom runs once per run (and per cache folder),
+        not once per epoch and evaluation."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp_min(0)}
+        top_only = contextlib.nullcontext()
+        if self.prefix is not None and use_prefix:
+            states = self.prefix.states(input_ids, attention_mask)  # real tokens, the padded batch's order
+            embeds = states.new_zeros((*input_ids.shape, states.shape[-1]))
+            embeds[attention_mask.bool()] = states
+            del inputs["input_ids"]
+            inputs["inputs_embeds"] = embeds
+            top_only = self.prefix.top_only()
         self._stop_early = False
         try:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                use_cache=False, logits_to_keep=1).logits[:, -1].float()
+            with top_only:
+                logits = self.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1].float()
         finally:
             self._stop_early, self._captured = True, None
         return torch.log_softmax(logits, dim=-1)[:, self.label_token_ids()]
@@ -392,16 +406,20 @@ class LoraEncoder(nn.Module):
     @torch.inference_mode()
     def joint_scores(self, text_a: Sequence[str], text_b: Sequence[str], batch_size: int = 16,
                      show_progress: bool = False) -> torch.Tensor:
-        """P("yes" | pair prompt), renormalised over the two label words: the two texts read jointly."""
+        """P("yes" | pair prompt), renormalised over the two label words: the two texts read jointly.
+
+        In input order; batches are formed by length (less padding computed)."""
         was_training = self.training
         self.eval()
         out = torch.empty(len(text_a))
+        order = sorted(range(len(text_a)), key=lambda i: len(text_a[i]) + len(text_b[i]))
         try:
             for start in tqdm(range(0, len(text_a), batch_size), desc="joint scoring", disable=not show_progress,
                               unit="batch"):
-                end = start + batch_size
-                logp = self.label_logprobs(**self.tokenize_pairs(text_a[start:end], text_b[start:end]))
-                out[start:end] = torch.softmax(logp, dim=-1)[:, 1]
+                index = order[start:start + batch_size]
+                logp = self.label_logprobs(**self.tokenize_pairs([text_a[i] for i in index],
+                                                                 [text_b[i] for i in index]))
+                out[index] = torch.softmax(logp, dim=-1)[:, 1]
         finally:
             self.train(was_training)
         return out

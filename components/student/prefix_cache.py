@@ -3,9 +3,10 @@
 With LoRA only in the top K blocks ending at the representation block (``EncoderConfig.lora_layers``), every
 block below them is frozen and reads one text alone: the hidden state entering the first tuned block is a function
 of (base model, token ids) and nothing else. :class:`FrozenPrefix` computes that state once per distinct token
-sequence (the text inside its prompt, truncated to the maximum length) and keeps it; training and evaluation then
-run only the top K blocks (:meth:`FrozenPrefix.top_only`) from the cached states. Seeds, variants, epochs and
-dev/test evaluation over the same texts share one cache.
+sequence (the text inside its prompt, truncated to the maximum length; for the decoder path, the pair inside the
+pair prompt) and keeps it; training and evaluation then run only the blocks from the first tuned one
+(:meth:`FrozenPrefix.top_only`) from the cached states. Seeds, variants, epochs and dev/test evaluation over the
+same texts share one cache.
 
 Storage (:class:`PrefixStore`): in memory for the run, and on disk under ``<folder>/<fingerprint>/`` where the
 fingerprint names the model weights, the start block and the storage precision (:func:`prefix_fingerprint`). Keys

@@ -400,7 +400,7 @@ class Trainer:
             gold = index if p.labelled is None else [i for i in index if p.labelled[i]]
             if self.loss.config.sup_mode != "representation" and gold:  # L_sup through the decoder path
                 label_logprobs = self.encoder.label_logprobs(**self.encoder.tokenize_pairs(
-                    [p.text_a[i] for i in gold], [p.text_b[i] for i in gold]))
+                    [p.text_a[i] for i in gold], [p.text_b[i] for i in gold]), use_prefix=not self.config.naive)
         z = z.float()
         if self.distributed.enabled:  # the global batch, in batch order, differentiable
             pieces = self.distributed.all_gather_with_grad(z if local else z[:0])

@@ -90,6 +90,44 @@ def test_cached_states_give_the_uncached_loss_gradients_and_z(name, options, cap
     torch.testing.assert_close(encoder.encode(texts), plain, atol=1e-5, rtol=0)
 
 
+JOINT = {"pair_prompt": "{text_a} what {text_b} yes or no", "label_words": ("no", "yes")}
+# (name, encoder options): the decoder path reads a pair prompt through every block above the prefix
+JOINT_CASES = [
+    ("left_padded", {"side": "left"}),
+    ("no_dropout", {"dropout": 0.0}),
+    ("middle_layer", {"layer": 2, "lora_layers": 2}),  # frozen blocks above the readout run from the cache too
+]
+
+
+@pytest.mark.parametrize("name,options", JOINT_CASES, ids=[c[0] for c in JOINT_CASES])
+def test_the_joint_reading_from_cached_states_gives_the_full_forwards_logprobs_gradients_and_scores(name, options):
+    encoder = make_encoder(**{**JOINT, **options})
+    p = pairs()
+    a, b = p.text_a[:6], p.text_b[:6]
+    batch = encoder.tokenize_pairs(a, b)
+    results = []
+    for use_prefix in (False, True):
+        encoder.train()
+        torch.manual_seed(5)  # the same dropout masks for both paths
+        logp = encoder.label_logprobs(**batch, use_prefix=use_prefix)
+        loss = -(logp[:, 1] * torch.tensor(p.labels[:6]) + logp[:, 0] * torch.tensor(1 - p.labels[:6])).mean()
+        params = list(encoder.trainable_parameters())
+        results.append((logp.detach(), torch.autograd.grad(loss, params, allow_unused=True)))
+    assert encoder.prefix.store.misses > 0  # the cached path really read the store
+    (plain, plain_grads), (cached, cached_grads) = results
+    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=0)
+    assert any(g is not None and g.abs().sum() > 0 for g in plain_grads)
+    for grad, other in zip(plain_grads, cached_grads, strict=True):
+        assert (grad is None) == (other is None)
+        if grad is not None:
+            torch.testing.assert_close(other, grad, atol=1e-5 * max(float(grad.abs().max()), 1.0), rtol=0)
+    encoder.eval()
+    with torch.inference_mode():  # one pair at a time, full depth: no padding, no cache
+        alone = torch.cat([torch.softmax(encoder.label_logprobs(**encoder.tokenize_pairs([x], [y]), use_prefix=False),
+                                         -1)[:, 1] for x, y in zip(a, b, strict=True)])
+    torch.testing.assert_close(encoder.joint_scores(a, b, batch_size=4), alone, atol=1e-5, rtol=0)
+
+
 def test_lora_sits_only_in_the_top_blocks_and_the_prefix_skips_the_rest():
     encoder = make_encoder(lora_layers=2, layers=5)
     blocks = {n.split("layers.")[1].split(".")[0] for n, _ in encoder.model.named_parameters() if "lora_" in n}
