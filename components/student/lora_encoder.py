@@ -297,14 +297,9 @@ class LoraEncoder(nn.Module):
         self.computed_tokens = inputs["input_ids"].numel()
         top_only = contextlib.nullcontext()
         if self.prefix is not None and use_prefix:
-            states = self.prefix.states(input_ids, attention_mask)  # real tokens, the padded batch's order
             layout = inputs.pop("input_ids")
-            embeds = states.new_zeros((*layout.shape, states.shape[-1]))
-            if packed is not None:
-                embeds[packed.rows, packed.cols] = states
-            else:
-                embeds[attention_mask.bool()] = states
-            inputs["inputs_embeds"] = embeds
+            inputs["inputs_embeds"] = self.prefix.inputs_embeds(
+                input_ids, attention_mask, layout.shape, None if packed is None else (packed.rows, packed.cols))
             top_only = self.prefix.top_only()
         masks = contextlib.nullcontext()
         if self.training and self.config.dropout > 0:  # no masks to draw at inference
@@ -389,11 +384,7 @@ class LoraEncoder(nn.Module):
                   "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp_min(0)}
         top_only = contextlib.nullcontext()
         if self.prefix is not None and use_prefix:
-            states = self.prefix.states(input_ids, attention_mask)  # real tokens, the padded batch's order
-            embeds = states.new_zeros((*input_ids.shape, states.shape[-1]))
-            embeds[attention_mask.bool()] = states
-            del inputs["input_ids"]
-            inputs["inputs_embeds"] = embeds
+            inputs["inputs_embeds"] = self.prefix.inputs_embeds(inputs.pop("input_ids"), attention_mask)
             top_only = self.prefix.top_only()
         self._stop_early = False
         try:

@@ -260,6 +260,18 @@ class FrozenPrefix:
                 found[i] = value
         return torch.cat(found)
 
+    def inputs_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      layout: tuple[int, int] | None = None,
+                      where: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The batch's states laid out as the top blocks' ``inputs_embeds``: [*layout, d], zero elsewhere.
+
+        By default the padded batch's own layout (its real positions); a packed layout gives its shape and the
+        (row, column) of each real token in the padded batch's order."""
+        states = self.states(input_ids, attention_mask)
+        embeds = states.new_zeros((*(input_ids.shape if layout is None else layout), states.shape[-1]))
+        embeds[attention_mask.bool() if where is None else where] = states
+        return embeds
+
     @torch.no_grad()
     def _compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         """Run blocks below ``start`` in float32 and return each row's real-token states."""
