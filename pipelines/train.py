@@ -331,7 +331,7 @@ def dev_score_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], su
         if sup_mode != "both":
             return cosine
         joint = encoder.joint_scores(text_a, text_b).numpy()
-        mix = ReadingMix.fit(cosine, joint, labels, measure, float(head.scale), float(head.bias))
+        mix = ReadingMix.fit(cosine, joint, labels, measure, float(head.scale.detach()), float(head.bias.detach()))
         if log and step > logged:
             mlflow.log_metric("early_stopping/mix_weight", mix.weight, step=step)
         return mix(cosine, joint)

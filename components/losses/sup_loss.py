@@ -45,7 +45,7 @@ class SupervisedLoss(nn.Module):
         self.bias = nn.Parameter(torch.tensor(float(bias_init)))
 
     def get_config_dict(self) -> dict[str, float | str]:
-        return {"mode": self.mode, "scale": float(self.scale), "bias": float(self.bias)}
+        return {"mode": self.mode, "scale": float(self.scale.detach()), "bias": float(self.bias.detach())}
 
     def head(self, cosine: torch.Tensor) -> torch.Tensor:
         """Logit of a match from a cosine: ``scale * s + bias`` (the calibration L_sup learns)."""
