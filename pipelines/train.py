@@ -267,7 +267,7 @@ def train_student(splits: dict[str, pd.DataFrame], *, student: str, teacher: str
         encoder.config.joint_threshold = float(joint_metrics.get("dev_threshold", 0.5))
     if loss_config.sup_mode == "both" and chosen_on:  # and the two readings mixed, the weight chosen on dev
         mix = ReadingMix.fit(student_scores[chosen_on], joint[chosen_on], splits[chosen_on]["match"].to_numpy(),
-                             EVAL_METRICS[train_config.eval_metric][1], float(loss.sup.scale), float(loss.sup.bias))
+                             EVAL_METRICS[train_config.eval_metric][1], *loss.sup.calibration())
         mixed = {name: mix(student_scores[name], joint[name]) for name in eval_splits}
         mix_metrics = evaluate_scores("student_mix", mixed, splits, log=log)
         metrics.update({f"mix_{k}": v for k, v in mix_metrics.items()}, reading_mix_weight=mix.weight)
@@ -331,7 +331,7 @@ def dev_score_callback(encoder: LoraEncoder, splits: dict[str, pd.DataFrame], su
         if sup_mode != "both":
             return cosine
         joint = encoder.joint_scores(text_a, text_b).numpy()
-        mix = ReadingMix.fit(cosine, joint, labels, measure, float(head.scale.detach()), float(head.bias.detach()))
+        mix = ReadingMix.fit(cosine, joint, labels, measure, *head.calibration())
         if log and step > logged:
             mlflow.log_metric("early_stopping/mix_weight", mix.weight, step=step)
         return mix(cosine, joint)

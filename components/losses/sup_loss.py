@@ -45,7 +45,12 @@ class SupervisedLoss(nn.Module):
         self.bias = nn.Parameter(torch.tensor(float(bias_init)))
 
     def get_config_dict(self) -> dict[str, float | str]:
-        return {"mode": self.mode, "scale": float(self.scale.detach()), "bias": float(self.bias.detach())}
+        scale, bias = self.calibration()
+        return {"mode": self.mode, "scale": scale, "bias": bias}
+
+    def calibration(self) -> tuple[float, float]:
+        """The head's (scale, bias) as plain floats, e.g. for the reading mix (detached: no autograd warning)."""
+        return float(self.scale.detach()), float(self.bias.detach())
 
     def head(self, cosine: torch.Tensor) -> torch.Tensor:
         """Logit of a match from a cosine: ``scale * s + bias`` (the calibration L_sup learns)."""
