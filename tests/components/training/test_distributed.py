@@ -109,7 +109,9 @@ def test_two_processes_match_one_process_loss_and_gradients(depth):
     for step, expected in enumerate(reference):
         for rank, got in enumerate(ranks):
             got = got[step]
-            assert got["loss"] == pytest.approx(expected["loss"], rel=1e-6, abs=1e-5), (step, rank)
+            # fp32 sums in another order: a loss of 3.178 was 1.05e-5 off (3.3e-6 of it) on an AVX-512 CPU
+            # without AMX; a real mismatch (a pair lost or counted twice) moves it by percents
+            assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-5), (step, rank)
             assert list(got["grads"]) == list(expected["grads"])
             for name, g in expected["grads"].items():
                 if g is None:  # past the representation layer: no gradient, in both
