@@ -27,11 +27,11 @@ from benchmarks.headline import (
     CELLS_DIR,
     COUNTS,
     SOURCE,
-    make_settings,
     paired_bootstrap_ap,
     paired_bootstrap_f1,
     scored,
 )
+from components.models import TEACHER_DEFAULT
 
 
 class SettingNotStored(click.ClickException):
@@ -40,16 +40,16 @@ class SettingNotStored(click.ClickException):
 
 def seed_scores(store: CellStore, dataset: str, setting: str,
                 seeds: set[int] | None = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Dev and test scores of ``setting`` (``<variant>-<hash>``) on ``dataset`` averaged over its stored seeds (only
-    ``seeds`` when given), and the seeds read."""
-    variant, _, settings_hash = setting.rpartition("-")
+    """Dev and test scores of ``setting`` (its cell file's name, ``<variant>-<hash>``) on ``dataset`` averaged over its
+    stored seeds (only ``seeds`` when given), and the seeds read."""
     found = {}
     for key, cell in store.cells.items():
-        d, v, seed, h = key.split("/")
-        if (d, v, h) == (dataset, variant, settings_hash) and (seeds is None or int(seed[4:]) in seeds):
-            found[int(seed[4:])] = cell
+        d, _, seed_name, _ = key.split("/")
+        seed = int(seed_name.removeprefix("seed"))
+        if d == dataset and store.file_of(key).stem == setting and (seeds is None or seed in seeds):
+            found[seed] = cell
     if not found:
-        stored = sorted({f"{k.split('/')[1]}-{k.split('/')[3]}" for k in store.cells if k.startswith(dataset + "/")})
+        stored = sorted({store.file_of(k).stem for k in store.cells if k.startswith(dataset + "/")})
         raise SettingNotStored(f"no stored cell of {setting!r} on {dataset!r}"
                                + (f" at seeds {sorted(seeds)}" if seeds is not None else "")
                                + f"; stored there: {', '.join(stored) or 'nothing'}")
@@ -102,7 +102,7 @@ def cli(dataset: str, setting: str, against: tuple[str, ...], same_seeds: bool, 
     for name in against:
         teacher = name.startswith("teacher")
         others.append((name, *seed_scores(store, dataset, name, set(seeds) if same_seeds and not teacher else None)))
-    splits = build_real(SOURCE.get(dataset, dataset), COUNTS[dataset], make_settings((), ()).teacher, cache_dir)
+    splits = build_real(SOURCE.get(dataset, dataset), COUNTS[dataset], TEACHER_DEFAULT, cache_dir)
     dev_y, test_y = splits["dev"]["match"].to_numpy(), splits["test"]["match"].to_numpy()
     for name, dev, test, _ in [(setting, first_dev, first_test, seeds), *others]:
         if (len(dev), len(test)) != (len(dev_y), len(test_y)):
