@@ -57,7 +57,7 @@ from components.data.augment import AugmentConfig
 from components.losses.composite_loss import LossConfig
 from components.metrics import average_precision, best_f1, best_f1_threshold, classification_metrics, roc_auc
 from components.model_cache import cache_root
-from components.models import TEACHER_DEFAULT
+from components.models import STUDENT_DEFAULT, TEACHER_DEFAULT
 from components.student.lora_encoder import EncoderConfig
 from components.teacher.finetune import TeacherFinetuneConfig
 from components.training.checkpoint import CheckpointError, TrainingPaused, latest_checkpoint, load_checkpoint
@@ -103,6 +103,13 @@ class Settings:
     best: tuple[str, ...]
     teacher: str = TEACHER_DEFAULT
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    # the student LLM: of every variant (``--set student=``), and of flip_best alone (``--best student=``)
+    student_model: str = STUDENT_DEFAULT
+    best_student: str | None = None
+
+    def student_of(self, variant: str) -> str:
+        """The student LLM a variant trains (a packaged name, a local folder or a hub id: ``resolve_student``)."""
+        return self.best_student if variant == "flip_best" and self.best_student else self.student_model
 
     def _configs(self, variant: str) -> dict[str, Any]:
         from benchmarks._quality_plan import apply_overrides
@@ -133,6 +140,8 @@ class Settings:
         augment = self.extra_pairs(variant)
         if augment is not None:  # only then: the cells stored before this option keep their hashes
             data["extra_pairs"] = {k: v for k, v in dataclasses.asdict(augment).items() if k != "seed"}
+        if self.student_of(variant) != STUDENT_DEFAULT:  # likewise
+            data["student"] = self.student_of(variant)
         return _hash(data)
 
     def brief(self, variant: str) -> str:
@@ -147,6 +156,7 @@ class Settings:
                 f"LoRA blocks {encoder.lora_layers or 'all'}, precision {train.precision}"
                 + (f", extra pairs {augment.per_pair:g} per pair ({augment.neighbour_share:.0%} neighbours)"
                    if augment else "")
+                + (f", student {self.student_of(variant)}" if self.student_of(variant) != STUDENT_DEFAULT else "")
                 + (f"; best: {', '.join(self.best)}" if variant == "flip_best" and self.best else ""))
 
 
@@ -154,12 +164,29 @@ def make_settings(best: tuple[str, ...], overrides: tuple[str, ...]) -> Settings
     """The settings of ``--best`` and ``--set`` (a bad key fails here, before any work)."""
     from benchmarks._quality_plan import apply_overrides
 
+    everyone, overrides = _student_setting(overrides, "--set")
+    best_student, best = _student_setting(best, "--best")
     encoder, loss, train, augment = EncoderConfig(), LossConfig(), TrainConfig(), AugmentConfig()
     apply_overrides({"encoder": encoder, "loss": loss, "train": train, "augment": augment}, list(overrides),
                     fixed=FIXED_BY_VARIANT)
-    settings = Settings(encoder, loss, train, tuple(best), augment=augment)
+    settings = Settings(encoder, loss, train, tuple(best), augment=augment,
+                        student_model=everyone or STUDENT_DEFAULT, best_student=best_student)
     settings.student("flip_best")
     return settings
+
+
+def _student_setting(items: tuple[str, ...], option: str) -> tuple[str | None, tuple[str, ...]]:
+    """``student=NAME`` taken out of ``items`` (no config field holds the student: it is the model itself)."""
+    student, rest = None, []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not (sep and key.strip().replace("-", "_") == "student"):
+            rest.append(item)
+        elif not value.strip():
+            raise click.BadParameter(f"{item!r}: name a student (e.g. student=gemma3-270m)", param_hint=option)
+        else:
+            student = value.strip()
+    return student, tuple(rest)
 
 
 def _hash(data: Any) -> str:
@@ -312,8 +339,8 @@ def student_cell(dataset: str, splits: dict, settings: Settings, variant: str, s
         cell = train_cell(f"{dataset}/{variant}/seed{seed}", splits, encoder, loss, train, Path(teacher_dir),
                           cache_dir, EXPERIMENT, {"flipkd.benchmark": "headline", "benchmark.dataset": dataset,
                                                   "benchmark.variant": variant, "benchmark.seed": str(seed)},
-                          augment=augment and dataclasses.replace(augment, seed=seed), checkpointing=checkpointing,
-                          paused=paused)
+                          augment=augment and dataclasses.replace(augment, seed=seed),
+                          student=settings.student_of(variant), checkpointing=checkpointing, paused=paused)
     except TrainingPaused as stop:
         click.echo(f"[headline] {dataset} {variant} seed {seed}: paused after step {stop.step} "
                    f"({paused.seconds:.0f} s so far); the next run with the same settings continues it")
@@ -536,7 +563,8 @@ def render_tried(tried: dict[str, dict[str, list[float]]]) -> str:
 
 
 def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"command": command, "best": list(settings.best)}
+    out: dict[str, Any] = {"command": command, "best": list(settings.best) + (
+        [f"student={settings.best_student}"] if settings.best_student else [])}
     for dataset, s in summary.items():
         rows, flip = s["rows"], s["flip"]
         f1 = {name: row["f1"] for name, row in rows.items()}
@@ -569,7 +597,8 @@ def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> 
               help="The flip setting chosen on dev (flip_best = train's defaults plus these); repeatable.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Settings of every student (EncoderConfig, LossConfig, TrainConfig fields; AugmentConfig's "
-                   "per_pair, neighbour_share, positive_threshold: teacher-labelled extra pairs); repeatable.")
+                   "per_pair, neighbour_share, positive_threshold: teacher-labelled extra pairs; student=NAME, the "
+                   "student LLM, e.g. gemma3-270m); repeatable.")
 @click.option("--seeds", "seed_count", type=click.IntRange(1, len(SEEDS)), default=len(SEEDS), show_default=True,
               help="Run the students of the first N seeds only (a trial of a --best setting on dev); the table "
                    "always asks for all of them and names the missing cells.")

@@ -249,6 +249,27 @@ def test_extra_pairs_reach_the_flip_variants_only_and_change_their_key_only_when
         Settings(EncoderConfig(), LossConfig(), TrainConfig(), ("per_pair=-1",)).student("flip_best")
 
 
+def test_the_student_llm_is_a_setting_of_every_variant_or_of_flip_best_alone():
+    table = ("delta_pos=0", "delta_neg=1"), ("epochs=5", "eval_every=125", "readout_rank=128", "lora_layers=16")
+    plain = headline.make_settings(*table)
+    named_default = headline.make_settings(table[0], (*table[1], "student=smollm2-135m"))
+    best = headline.make_settings((*table[0], "student=gemma3-270m"), table[1])
+    every = headline.make_settings(table[0], (*table[1], "student=gemma3-270m"))
+    assert plain.student_of("flip_best") == plain.student_of("sup_only") == "smollm2-135m"
+    assert best.student_of("flip_best") == "gemma3-270m" and best.student_of("sup_only") == "smollm2-135m"
+    assert {every.student_of(v) for v in headline.STUDENTS} == {"gemma3-270m"}
+    # the cells stored before this setting keep their keys (the headline table's, as stored); another student is
+    # another run, of flip_best alone when it is a --best
+    assert plain.student_hash("flip_best", 4) == named_default.student_hash("flip_best", 4) == "367397542719"
+    assert best.student_hash("flip_best", 4) != plain.student_hash("flip_best", 4)
+    assert best.student_hash("sup_only", 4) == plain.student_hash("sup_only", 4)
+    assert every.student_hash("sup_only", 4) != plain.student_hash("sup_only", 4)
+    assert best.best == table[0]  # not a config field: taken out before the configs are set
+    assert "student gemma3-270m" in best.brief("flip_best") and "student" not in plain.brief("flip_best")
+    with pytest.raises(click.BadParameter, match="name a student"):
+        headline.make_settings(("student= ",), ())
+
+
 def test_the_decoder_path_can_be_the_flip_setting_but_a_variant_keeps_its_loss_parts():
     plain = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ())
     joint = Settings(EncoderConfig(), LossConfig(), TrainConfig(), ("sup_mode=generative",))
@@ -330,8 +351,9 @@ def test_a_student_cell_keeps_its_checkpoints_when_paused_and_drops_them_once_st
 
     calls = []
 
-    def fake_cell(name, splits, encoder, loss, train, teacher_dir, cache_dir, experiment, tags, augment, checkpointing,
-                  paused):
+    def fake_cell(name, splits, encoder, loss, train, teacher_dir, cache_dir, experiment, tags, augment, student,
+                  checkpointing, paused):
+        assert student == "smollm2-135m"
         calls.append((train.checkpoint_every, checkpointing.deadline, checkpointing.resume))
         checkpointing.folder.mkdir(parents=True, exist_ok=True)
         if len(calls) == 1:
