@@ -186,8 +186,8 @@ def _convert(value: str, default: Any) -> Any:
 def apply_overrides(configs: dict[str, Any], pairs: Sequence[str],
                     fixed: frozenset[str] | set[str] = FIXED_BY_VARIANT) -> None:
     """``KEY=VALUE`` or ``SECTION.KEY=VALUE`` in place; the sections are the keys of ``configs`` (quality: encoder,
-    loss, train, teacher_finetune; headline: encoder, loss, train, augment). ``fixed``: keys a benchmark's variants
-    (or seeds) set, refused here."""
+    loss, train, teacher_finetune; headline: encoder, loss, train, augment, model). ``fixed``: keys a benchmark's
+    variants (or seeds) set, refused here."""
     for item in pairs:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")

@@ -96,6 +96,19 @@ MIN_SITTING = 20 * 60.0
 
 
 @dataclasses.dataclass
+class StudentModel:
+    """The student LLM, a config section of its own (``student=NAME`` with ``--set`` for every variant, with
+    ``--best`` for flip_best alone): the model itself, not a field of the encoder, loss or trainer configs."""
+
+    student: str = STUDENT_DEFAULT
+
+    def __post_init__(self) -> None:
+        self.student = self.student.strip()
+        if not self.student:
+            raise ValueError("name a student (e.g. student=gemma3-270m)")
+
+
+@dataclasses.dataclass
 class Settings:
     encoder: EncoderConfig
     loss: LossConfig
@@ -103,19 +116,18 @@ class Settings:
     best: tuple[str, ...]
     teacher: str = TEACHER_DEFAULT
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
-    # the student LLM: of every variant (``--set student=``), and of flip_best alone (``--best student=``)
-    student_model: str = STUDENT_DEFAULT
-    best_student: str | None = None
+    model: StudentModel = dataclasses.field(default_factory=StudentModel)
 
     def student_of(self, variant: str) -> str:
         """The student LLM a variant trains (a packaged name, a local folder or a hub id: ``resolve_student``)."""
-        return self.best_student if variant == "flip_best" and self.best_student else self.student_model
+        return self._configs(variant)["model"].student
 
     def _configs(self, variant: str) -> dict[str, Any]:
         from benchmarks._quality_plan import apply_overrides
 
         configs = {"encoder": dataclasses.replace(self.encoder), "loss": dataclasses.replace(self.loss),
-                   "train": dataclasses.replace(self.train), "augment": dataclasses.replace(self.augment)}
+                   "train": dataclasses.replace(self.train), "augment": dataclasses.replace(self.augment),
+                   "model": dataclasses.replace(self.model)}
         if variant == "flip_best":
             apply_overrides(configs, list(self.best), fixed=FIXED_BY_VARIANT)
         configs["loss"] = dataclasses.replace(configs["loss"], parts=STUDENTS[variant])
@@ -164,29 +176,13 @@ def make_settings(best: tuple[str, ...], overrides: tuple[str, ...]) -> Settings
     """The settings of ``--best`` and ``--set`` (a bad key fails here, before any work)."""
     from benchmarks._quality_plan import apply_overrides
 
-    everyone, overrides = _student_setting(overrides, "--set")
-    best_student, best = _student_setting(best, "--best")
-    encoder, loss, train, augment = EncoderConfig(), LossConfig(), TrainConfig(), AugmentConfig()
-    apply_overrides({"encoder": encoder, "loss": loss, "train": train, "augment": augment}, list(overrides),
-                    fixed=FIXED_BY_VARIANT)
-    settings = Settings(encoder, loss, train, tuple(best), augment=augment,
-                        student_model=everyone or STUDENT_DEFAULT, best_student=best_student)
+    configs = {"encoder": EncoderConfig(), "loss": LossConfig(), "train": TrainConfig(), "augment": AugmentConfig(),
+               "model": StudentModel()}
+    apply_overrides(configs, list(overrides), fixed=FIXED_BY_VARIANT)
+    settings = Settings(configs["encoder"], configs["loss"], configs["train"], tuple(best),
+                        augment=configs["augment"], model=configs["model"])
     settings.student("flip_best")
     return settings
-
-
-def _student_setting(items: tuple[str, ...], option: str) -> tuple[str | None, tuple[str, ...]]:
-    """``student=NAME`` taken out of ``items`` (no config field holds the student: it is the model itself)."""
-    student, rest = None, []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not (sep and key.strip().replace("-", "_") == "student"):
-            rest.append(item)
-        elif not value.strip():
-            raise click.BadParameter(f"{item!r}: name a student (e.g. student=gemma3-270m)", param_hint=option)
-        else:
-            student = value.strip()
-    return student, tuple(rest)
 
 
 def _hash(data: Any) -> str:
@@ -563,8 +559,7 @@ def render_tried(tried: dict[str, dict[str, list[float]]]) -> str:
 
 
 def headline_json(summary: dict[str, Any], settings: Settings, command: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"command": command, "best": list(settings.best) + (
-        [f"student={settings.best_student}"] if settings.best_student else [])}
+    out: dict[str, Any] = {"command": command, "best": list(settings.best)}
     for dataset, s in summary.items():
         rows, flip = s["rows"], s["flip"]
         f1 = {name: row["f1"] for name, row in rows.items()}

@@ -262,12 +262,17 @@ def test_the_student_llm_is_a_setting_of_every_variant_or_of_flip_best_alone():
     # another run, of flip_best alone when it is a --best
     assert plain.student_hash("flip_best", 4) == named_default.student_hash("flip_best", 4) == "367397542719"
     assert best.student_hash("flip_best", 4) != plain.student_hash("flip_best", 4)
+    assert best.student_hash("flip_best", 4) == "8725dd799d2e"  # the stored Gemma cells' key on banking77
     assert best.student_hash("sup_only", 4) == plain.student_hash("sup_only", 4)
     assert every.student_hash("sup_only", 4) != plain.student_hash("sup_only", 4)
-    assert best.best == table[0]  # not a config field: taken out before the configs are set
+    # a --best like any other: a Settings built directly with it trains the same flip_best
+    assert best.best == (*table[0], "student=gemma3-270m")
+    direct = Settings(plain.encoder, plain.loss, plain.train, best.best)
+    assert direct.student_hash("flip_best", 4) == best.student_hash("flip_best", 4)
     assert "student gemma3-270m" in best.brief("flip_best") and "student" not in plain.brief("flip_best")
-    with pytest.raises(click.BadParameter, match="name a student"):
-        headline.make_settings(("student= ",), ())
+    for best_items, set_items in ((("student= ",), ()), ((), ("student= ",))):
+        with pytest.raises(click.BadParameter, match="name a student"):
+            headline.make_settings(best_items, set_items)
 
 
 def test_the_decoder_path_can_be_the_flip_setting_but_a_variant_keeps_its_loss_parts():
