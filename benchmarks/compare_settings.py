@@ -7,7 +7,9 @@ The headline's "settings tried" table gives each setting's dev AP mean over its 
 another needs the pairs: each setting's scores are averaged over its stored seeds (as the headline table does), and
 dev AP, test AP and test F1 at the dev threshold are compared with a paired bootstrap 95% interval over the pairs
 (the headline's resamples). ``--same-seeds`` reads the other setting on the first one's seeds only, so a setting
-with fewer seeds is not set against the ensemble of more. Reads the cells only: nothing trains, nothing is written.
+with fewer seeds is not set against the ensemble of more; ``--seeds 0`` (or ``0,1``) reads only those seeds of every
+student setting, so a figure quoted when fewer seeds were stored is reprinted after more are. Reads the cells only:
+nothing trains, nothing is written.
 A setting is named as its cell file is, ``<variant>-<settings hash>`` (benchmarks/results/headline_cells/<dataset>/).
 
 Caveat the table cannot show: a ``sup_mode=both`` setting's mix weight is fitted on the dev it is scored on, a small
@@ -36,6 +38,19 @@ from components.models import TEACHER_DEFAULT
 
 class SettingNotStored(click.ClickException):
     """A setting name with no stored cell (exit code 1, the message lists what is stored)."""
+
+
+def parse_seeds(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> set[int] | None:
+    """``--seeds 0,2`` as {0, 2}; None when not given."""
+    if value is None:
+        return None
+    try:
+        seeds = {int(x) for x in value.split(",")}
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of seeds, e.g. 0 or 0,1") from None
+    if min(seeds) < 0:
+        raise click.BadParameter(f"seeds are >= 0, got {value!r}")
+    return seeds
 
 
 def seed_scores(store: CellStore, dataset: str, setting: str,
@@ -87,21 +102,23 @@ def render_line(name: str, seeds: list[int], result: dict[str, Any]) -> str:
               help="A setting to compare with (repeatable): another flip setting, sup_only-..., teacher_ft_e4-....")
 @click.option("--same-seeds", is_flag=True,
               help="Read each --against setting on --setting's seeds only (a teacher cell has seed 0 only: all read).")
+@click.option("--seeds", "only_seeds", callback=parse_seeds, metavar="0[,1,...]",
+              help="Read only these stored seeds of each student setting (default: all stored; teachers: seed 0).")
 @click.option("--cells", "cells_dir", type=click.Path(file_okay=False, path_type=Path), default=CELLS_DIR,
               show_default=True, help="The headline's cell folder.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="flipkd cache folder (banking77's pairs need the base teacher).")
-def cli(dataset: str, setting: str, against: tuple[str, ...], same_seeds: bool, cells_dir: Path,
-        cache_dir: str | None) -> None:
+def cli(dataset: str, setting: str, against: tuple[str, ...], same_seeds: bool, only_seeds: set[int] | None,
+        cells_dir: Path, cache_dir: str | None) -> None:
     """Seed-averaged paired comparison of stored headline settings on one dataset (reads cells only)."""
     from benchmarks._real_size import build_real
 
     store = CellStore(cells_dir, shard=True)
-    first_dev, first_test, seeds = seed_scores(store, dataset, setting)
+    first_dev, first_test, seeds = seed_scores(store, dataset, setting, only_seeds)
     others = []
     for name in against:
-        teacher = name.startswith("teacher")
-        others.append((name, *seed_scores(store, dataset, name, set(seeds) if same_seeds and not teacher else None)))
+        read = None if name.startswith("teacher") else set(seeds) if same_seeds else only_seeds
+        others.append((name, *seed_scores(store, dataset, name, read)))
     splits = build_real(SOURCE.get(dataset, dataset), COUNTS[dataset], TEACHER_DEFAULT, cache_dir)
     dev_y, test_y = splits["dev"]["match"].to_numpy(), splits["test"]["match"].to_numpy()
     for name, dev, test, _ in [(setting, first_dev, first_test, seeds), *others]:

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from benchmarks import compare_settings
 from benchmarks._cells import CellStore
 from benchmarks.compare_settings import SettingNotStored, compare, seed_scores
+from components.metrics import average_precision
 
 RNG = np.random.default_rng(0)
 DEV_Y, TEST_Y = RNG.random(300) < 0.4, RNG.random(200) < 0.4
@@ -89,3 +90,34 @@ def test_the_command_refuses_unknown_settings_and_cells_of_other_data(tmp_path, 
     result = run_cli(tmp_path / "b", monkeypatch, "--setting", "flip_best-aaa", "--against", "flip_best-bbb",
                      dev_y=DEV_Y[:-1])
     assert result.exit_code == 1 and "300 dev / 200 test scores, the data 299 / 200 pairs" in result.output
+
+
+
+@pytest.mark.parametrize("args, first_seeds, second_seeds", [
+    (["--seeds", "1"], [1], [1]),                         # every student setting read on the named seeds only
+    (["--seeds", "0,1"], [0, 1], [0, 1]),
+    (["--seeds", "0,2"], [0, 2], [0]),                    # a setting without seed 2 reads the named seeds it has
+    (["--seeds", "0", "--same-seeds"], [0], [0]),         # --same-seeds follows the seeds read under --seeds
+    ([], [0, 1, 2], [0, 1]),                              # without --seeds every stored seed: the earlier behaviour
+])
+def test_seeds_restricts_what_each_setting_reads(tmp_path, monkeypatch, args, first_seeds, second_seeds):
+    result = run_cli(tmp_path, monkeypatch, "--setting", "flip_best-aaa", "--against", "flip_best-bbb", *args)
+    assert result.exit_code == 0, result.output
+    first, second = result.output.splitlines()[:2]
+    assert first.startswith(f"stsbenchmark flip_best-aaa (seeds {','.join(map(str, first_seeds))}, scores averaged)")
+    assert second.startswith(f"vs flip_best-bbb (seeds {','.join(map(str, second_seeds))}): dev AP ")
+    made = CellStore(tmp_path / "made" / "cells", shard=True)
+    own = average_precision(seed_scores(made, "d", "flip_best-aaa", set(first_seeds))[0], DEV_Y)
+    other = average_precision(seed_scores(made, "d", "flip_best-bbb", set(second_seeds))[0], DEV_Y)
+    assert f"dev AP {own:.3f}," in first and f"dev AP {own:.3f} vs {other:.3f} [" in second
+
+
+@pytest.mark.parametrize("value, message", [
+    ("5", "no stored cell of 'flip_best-aaa' on 'stsbenchmark' at seeds [5]"),
+    ("x", "'x' is not a comma-separated list of seeds"),
+    ("-1", "seeds are >= 0"),
+])
+def test_seeds_that_are_not_stored_or_not_seeds_are_refused(tmp_path, monkeypatch, value, message):
+    result = run_cli(tmp_path, monkeypatch, "--setting", "flip_best-aaa", "--against", "flip_best-bbb",
+                     "--seeds", value)
+    assert result.exit_code != 0 and message in result.output, result.output
