@@ -7,9 +7,9 @@ The headline's "settings tried" table gives each setting's dev AP mean over its 
 another needs the pairs: each setting's scores are averaged over its stored seeds (as the headline table does), and
 dev AP, test AP and test F1 at the dev threshold are compared with a paired bootstrap 95% interval over the pairs
 (the headline's resamples). ``--same-seeds`` reads the other setting on the first one's seeds only, so a setting
-with fewer seeds is not set against the ensemble of more; ``--seeds 0`` (or ``0,1``) reads only those seeds of every
-student setting, so a figure quoted when fewer seeds were stored is reprinted after more are. Reads the cells only:
-nothing trains, nothing is written.
+with fewer seeds is not set against the ensemble of more; ``--seeds 1`` (seed 0; ``2``: seeds 0-1, counted as the
+headline counts them) reads only those seeds of every student setting, so a figure quoted when fewer seeds were
+stored is reprinted after more are. Reads the cells only: nothing trains, nothing is written.
 A setting is named as its cell file is, ``<variant>-<settings hash>`` (benchmarks/results/headline_cells/<dataset>/).
 
 Caveat the table cannot show: a ``sup_mode=both`` setting's mix weight is fitted on the dev it is scored on, a small
@@ -25,6 +25,7 @@ import click
 import numpy as np
 
 from benchmarks._cells import CellStore
+from benchmarks._quality_plan import parse_seeds
 from benchmarks.headline import (
     CELLS_DIR,
     COUNTS,
@@ -38,19 +39,6 @@ from components.models import TEACHER_DEFAULT
 
 class SettingNotStored(click.ClickException):
     """A setting name with no stored cell (exit code 1, the message lists what is stored)."""
-
-
-def parse_seeds(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> set[int] | None:
-    """``--seeds 0,2`` as {0, 2}; None when not given."""
-    if value is None:
-        return None
-    try:
-        seeds = {int(x) for x in value.split(",")}
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of seeds, e.g. 0 or 0,1") from None
-    if min(seeds) < 0:
-        raise click.BadParameter(f"seeds are >= 0, got {value!r}")
-    return seeds
 
 
 def seed_scores(store: CellStore, dataset: str, setting: str,
@@ -102,8 +90,10 @@ def render_line(name: str, seeds: list[int], result: dict[str, Any]) -> str:
               help="A setting to compare with (repeatable): another flip setting, sup_only-..., teacher_ft_e4-....")
 @click.option("--same-seeds", is_flag=True,
               help="Read each --against setting on --setting's seeds only (a teacher cell has seed 0 only: all read).")
-@click.option("--seeds", "only_seeds", callback=parse_seeds, metavar="0[,1,...]",
-              help="Read only these stored seeds of each student setting (default: all stored; teachers: seed 0).")
+@click.option("--seeds", "only_seeds", metavar="N|0,2",
+              callback=lambda ctx, param, value: None if value is None else set(parse_seeds(value)),
+              help="Read only seeds 0..N-1 (or a comma list: exactly those, '1,' seed 1 alone) of each student "
+                   "setting, as the headline's --seeds counts them (default: every stored seed; teachers: seed 0).")
 @click.option("--cells", "cells_dir", type=click.Path(file_okay=False, path_type=Path), default=CELLS_DIR,
               show_default=True, help="The headline's cell folder.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,

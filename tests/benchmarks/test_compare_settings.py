@@ -94,10 +94,10 @@ def test_the_command_refuses_unknown_settings_and_cells_of_other_data(tmp_path, 
 
 
 @pytest.mark.parametrize("args, first_seeds, second_seeds", [
-    (["--seeds", "1"], [1], [1]),                         # every student setting read on the named seeds only
-    (["--seeds", "0,1"], [0, 1], [0, 1]),
+    (["--seeds", "1,"], [1], [1]),                        # every student setting read on the named seeds only
+    (["--seeds", "2"], [0, 1], [0, 1]),                   # a count, as the headline's --seeds: seeds 0..N-1
     (["--seeds", "0,2"], [0, 2], [0]),                    # a setting without seed 2 reads the named seeds it has
-    (["--seeds", "0", "--same-seeds"], [0], [0]),         # --same-seeds follows the seeds read under --seeds
+    (["--seeds", "1", "--same-seeds"], [0], [0]),         # --same-seeds follows the seeds read under --seeds
     ([], [0, 1, 2], [0, 1]),                              # without --seeds every stored seed: the earlier behaviour
 ])
 def test_seeds_restricts_what_each_setting_reads(tmp_path, monkeypatch, args, first_seeds, second_seeds):
@@ -113,9 +113,10 @@ def test_seeds_restricts_what_each_setting_reads(tmp_path, monkeypatch, args, fi
 
 
 @pytest.mark.parametrize("value, message", [
-    ("5", "no stored cell of 'flip_best-aaa' on 'stsbenchmark' at seeds [5]"),
-    ("x", "'x' is not a comma-separated list of seeds"),
-    ("-1", "seeds are >= 0"),
+    ("5,", "no stored cell of 'flip_best-aaa' on 'stsbenchmark' at seeds [5]"),
+    ("x", "a count N >= 1 (seeds 0..N-1) or a comma list of seeds; got 'x'"),
+    ("-1,", "a count N >= 1"),
+    ("0", "a count N >= 1"),
 ])
 def test_seeds_that_are_not_stored_or_not_seeds_are_refused(tmp_path, monkeypatch, value, message):
     result = run_cli(tmp_path, monkeypatch, "--setting", "flip_best-aaa", "--against", "flip_best-bbb",
