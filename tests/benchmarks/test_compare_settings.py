@@ -92,7 +92,6 @@ def test_the_command_refuses_unknown_settings_and_cells_of_other_data(tmp_path, 
     assert result.exit_code == 1 and "300 dev / 200 test scores, the data 299 / 200 pairs" in result.output
 
 
-
 @pytest.mark.parametrize("args, first_seeds, second_seeds", [
     (["--seeds", "1,"], [1], [1]),                        # every student setting read on the named seeds only
     (["--seeds", "2"], [0, 1], [0, 1]),                   # a count, as the headline's --seeds: seeds 0..N-1
