@@ -105,8 +105,9 @@ def student_options(func):
                     "work of both)."),
         option("--distill-mode", type=click.Choice(list(DISTILL_MODES)), default=LossConfig.distill_mode,
                help="Form of L_dist: mse of (S+1)/2 against T (METHOD.md), row-wise kl, prob: the student's "
-                    "P(match) through L_sup's scale and bias against the teacher's (Bernoulli KL), or rank: the "
-                    "teacher's order of the pairs, CoSENT's form (scale-free)."),
+                    "P(match) through L_sup's scale and bias against the teacher's (Bernoulli KL), rank: the "
+                    "teacher's order of the pairs, CoSENT's form (scale-free), or cosine: mse of S against the "
+                    "teacher's raw cosines (every target reachable)."),
         option("--distill-temperature", type=POSITIVE, default=0.05, help="Student temperature of L_dist (kl, rank)."),
         option("--distill-teacher-temperature", type=POSITIVE, default=0.05, help="Teacher temperature (kl)."),
         option("--margin", type=click.FloatRange(min=0), default=0.06, help="MCL angular margin m_c (radians)."),

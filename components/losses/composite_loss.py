@@ -72,10 +72,12 @@ class FlipKDLoss(nn.Module):
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
                 keep: torch.Tensor | None = None, label_logprobs: torch.Tensor | None = None,
-                labelled: torch.Tensor | None = None, teacher_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                labelled: torch.Tensor | None = None, teacher_weight: float = 1.0,
+                teacher_cosine: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``labelled`` marks the rows with a gold label (default all); only those reach L_sup, and
         ``label_logprobs`` holds one row per labelled pair. ``teacher_weight`` scales w_dist and w_mcl (a warm-up
-        ramp); the parts are returned unscaled."""
+        ramp); the parts are returned unscaled. ``teacher_cosine`` (the teacher's raw cosines) feeds L_dist's
+        ``cosine`` form only."""
         cosine = cosine_matrix(z_a.float(), z_b.float())
         teacher = teacher.to(cosine.dtype)
         labels = torch.as_tensor(labels, dtype=cosine.dtype)
@@ -87,7 +89,7 @@ class FlipKDLoss(nn.Module):
             else:
                 parts["sup"] = cosine.sum() * 0.0
         if "dist" in self.config.parts:
-            parts["dist"] = self.dist.compute_loss_from_cosine(cosine, teacher, keep, self.sup.head)
+            parts["dist"] = self.dist.compute_loss_from_cosine(cosine, teacher, keep, self.sup.head, teacher_cosine)
         if "mcl" in self.config.parts:
             parts["mcl"] = self.mcl.compute_loss_from_cosine(cosine, teacher, labels, keep)
         total = sum(self.weights[name] * (1.0 if name == "sup" else teacher_weight) * value

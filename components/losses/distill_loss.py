@@ -6,8 +6,10 @@ Over the kept entries E (the diagonal pairs the noise filter kept, and every off
     kl (option):    L_dist = mean_i KL( softmax_E(T_i / tau_t) || softmax_E(S_i / tau) )
     prob (option):  L_dist = mean_{(i,j) in E} KL( Bern(T_ij) || Bern(sigmoid(head(S_ij))) )
     rank (option):  L_dist = log(1 + sum_{p, q in E, T_p > T_q} (T_p - T_q) exp((S_q - S_p) / tau))
+    cosine (option): L_dist = mean_{(i,j) in E} (S_ij - C_ij)^2
 
-where S is the student cosine matrix and T the teacher score matrix in [0, 1]; in ``kl`` mode each
+where S is the student cosine matrix, T the teacher score matrix in [0, 1] and C the teacher's raw cosine
+matrix (before Platt calibration); in ``kl`` mode each
 row's softmax runs over that row's kept entries only. ``prob`` compares probabilities of a match: the
 student's through a calibration ``head`` (L_sup's learned ``scale * s + bias``), the teacher's Platt-calibrated
 one. Why it exists: in ``mse`` mode a pair the teacher calls unrelated (T near 0) asks for a cosine near -1,
@@ -19,8 +21,11 @@ Su 2022, with the teacher's scores in place of gold labels), so no entry is aske
 hardest misordered entries carry the gradient; it is scale-free, as AP is. Each ordered couple counts by how far
 apart the teacher puts it: unweighted, the couples of in-batch pairs the teacher calls equally unrelated (scores
 0.01 against 0.02: most of the N^4 couples) outnumber the rest, their order is noise, and on STS-B the term rose
-from 10.5 to 11.7 in the first 77 steps while the student spread its cosines. Zero (not NaN) when nothing is kept,
-and when the kept entries have no order (one entry, or all teacher scores equal).
+from 10.5 to 11.7 in the first 77 steps while the student spread its cosines. ``cosine`` asks for the teacher's own
+cosines, the similarity form of embedding distillation: an unrelated pair's teacher cosine is near 0 (orthogonal,
+which any number of vectors can be), so unlike ``mse`` every target is reachable at once and the term can reach 0.
+Zero (not NaN) when nothing is kept, and when the kept entries have no order in ``rank`` (one entry, or all teacher
+scores equal).
 
 Args:
     mode: ``mse``, ``kl``, ``prob`` or ``rank``.
@@ -30,6 +35,7 @@ Args:
 Inputs:
     z_a, z_b: float [N, d]; teacher: float [N, N] in [0, 1]; keep: optional bool [N];
     head (``prob`` only): a callable mapping cosines to logits.
+    teacher_cosine (``cosine`` only): float [N, N], the teacher's cosines in [-1, 1].
 
 Example:
     >>> import torch
@@ -49,7 +55,7 @@ from torch import nn
 
 from components.similarity import cosine_matrix
 
-DISTILL_MODES = ("mse", "kl", "prob", "rank")
+DISTILL_MODES = ("mse", "kl", "prob", "rank", "cosine")
 
 
 def kept_entries(n: int, keep: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -73,13 +79,16 @@ class DistillationLoss(nn.Module):
         return {"mode": self.mode, "temperature": self.temperature, "teacher_temperature": self.teacher_temperature}
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, teacher: torch.Tensor,
-                keep: torch.Tensor | None = None, head: Callable[[torch.Tensor], torch.Tensor] | None = None
-                ) -> torch.Tensor:
-        return self.compute_loss_from_cosine(cosine_matrix(z_a, z_b), teacher, keep, head)
+                keep: torch.Tensor | None = None, head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                teacher_cosine: torch.Tensor | None = None) -> torch.Tensor:
+        return self.compute_loss_from_cosine(cosine_matrix(z_a, z_b), teacher, keep, head, teacher_cosine)
 
     def compute_loss_from_cosine(self, cosine: torch.Tensor, teacher: torch.Tensor,
                                  keep: torch.Tensor | None = None,
-                                 head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                                 head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                                 teacher_cosine: torch.Tensor | None = None) -> torch.Tensor:
+        if self.mode == "cosine" and teacher_cosine is None:
+            raise ValueError("distill mode 'cosine' needs the teacher's raw cosine matrix (teacher_cosine)")
         teacher = teacher.to(cosine.dtype)
         entries = kept_entries(cosine.shape[0], keep, cosine.device)
         if not bool(entries.any()):
@@ -88,6 +97,8 @@ class DistillationLoss(nn.Module):
             return cosine.sum() * 0.0
         if self.mode == "mse":
             return (((cosine + 1.0) / 2.0 - teacher)[entries] ** 2).mean()
+        if self.mode == "cosine":
+            return ((cosine - teacher_cosine.to(cosine.dtype))[entries] ** 2).mean()
         if self.mode == "prob":
             if head is None:
                 raise ValueError("distill mode 'prob' needs the calibration head (L_sup's scale and bias)")

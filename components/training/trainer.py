@@ -196,7 +196,12 @@ class TrainingPairs:
     def __len__(self) -> int:
         return len(self.text_a)
 
+    def teacher_cosine_matrix(self, index: list[int]) -> torch.Tensor:
+        """The teacher's raw in-batch cosines (L_dist's ``cosine`` form)."""
+        return torch.from_numpy(np.asarray(self.teacher_a[index] @ self.teacher_b[index].T, dtype=np.float32))
+
     def teacher_matrix(self, index: list[int]) -> torch.Tensor:
+        """T: the calibrated in-batch teacher scores in [0, 1]."""
         return torch.from_numpy(np.asarray(self.calibrate(self.teacher_a[index] @ self.teacher_b[index].T),
                                            dtype=np.float32))
 
@@ -388,6 +393,7 @@ class Trainer:
         texts = [p.text_a[i] for i in rows] + [p.text_b[i] for i in rows]
         batch = self._tokenize(texts)
         teacher = p.teacher_matrix(index)
+        teacher_cosine = p.teacher_cosine_matrix(index) if self.loss.config.distill_mode == "cosine" else None
         labels = torch.as_tensor(p.labels[index], dtype=torch.float32)
         keep = torch.as_tensor(p.keep[index], dtype=torch.bool)
         t1 = time.perf_counter()
@@ -410,7 +416,7 @@ class Trainer:
             z_a, z_b = z[: len(index)], z[len(index):]
         labelled = None if p.labelled is None else torch.as_tensor(p.labelled[index], dtype=torch.bool)
         parts = self.loss(z_a, z_b, teacher, labels, keep, label_logprobs=label_logprobs, labelled=labelled,
-                          teacher_weight=self.teacher_weight())
+                          teacher_weight=self.teacher_weight(), teacher_cosine=teacher_cosine)
         self.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         params = [q for group in self.optimizer.param_groups for q in group["params"]]

@@ -11,7 +11,7 @@ def head(cosine):
     return HEAD_SCALE * cosine + HEAD_BIAS
 
 
-def numpy_distill(z_a, z_b, teacher, keep, mode, tau=0.05, tau_t=0.05):
+def numpy_distill(z_a, z_b, teacher, keep, mode, tau=0.05, tau_t=0.05, teacher_cosine=None):
     a = z_a / np.linalg.norm(z_a, axis=1, keepdims=True)
     b = z_b / np.linalg.norm(z_b, axis=1, keepdims=True)
     s = a @ b.T
@@ -19,6 +19,9 @@ def numpy_distill(z_a, z_b, teacher, keep, mode, tau=0.05, tau_t=0.05):
     entries = [[i == j and (keep is None or keep[i]) or i != j for j in range(n)] for i in range(n)]
     if mode == "mse":
         vals = [((s[i, j] + 1) / 2 - teacher[i, j]) ** 2 for i in range(n) for j in range(n) if entries[i][j]]
+        return float(np.mean(vals)) if vals else 0.0
+    if mode == "cosine":
+        vals = [(s[i, j] - teacher_cosine[i, j]) ** 2 for i in range(n) for j in range(n) if entries[i][j]]
         return float(np.mean(vals)) if vals else 0.0
     if mode == "prob":  # Bernoulli KL(T || sigmoid(HEAD_SCALE * s + HEAD_BIAS))
         vals = []
@@ -69,6 +72,9 @@ DISTILL_CASES = [
     ("rank_all", "rank", 5, None),
     ("rank_keep", "rank", 4, [False, True, True, False]),
     ("rank_one_pair", "rank", 1, None),
+    ("cosine_all", "cosine", 5, None),
+    ("cosine_keep", "cosine", 4, [False, True, True, False]),
+    ("cosine_one_pair", "cosine", 1, None),
 ]
 
 
@@ -77,12 +83,13 @@ def test_matches_numpy_reference(name, mode, n, keep):
     g = torch.Generator().manual_seed(n)
     z_a, z_b = torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randn(n, 6, generator=g, dtype=torch.float64)
     t = torch.rand(n, n, generator=g, dtype=torch.float64)
-    loss = DistillationLoss(mode)(z_a, z_b, t, None if keep is None else torch.tensor(keep), head)
-    assert loss.item() == pytest.approx(numpy_distill(z_a.numpy(), z_b.numpy(), t.numpy(), keep, mode), rel=1e-9,
-                                        abs=1e-12)
+    c = torch.rand(n, n, generator=g, dtype=torch.float64) * 2 - 1  # teacher cosines, read by ``cosine`` only
+    loss = DistillationLoss(mode)(z_a, z_b, t, None if keep is None else torch.tensor(keep), head, c)
+    expected = numpy_distill(z_a.numpy(), z_b.numpy(), t.numpy(), keep, mode, teacher_cosine=c.numpy())
+    assert loss.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["mse", "kl", "prob", "rank"])
+@pytest.mark.parametrize("mode", ["mse", "kl", "prob", "rank", "cosine"])
 def test_gradcheck_float64(mode):
     g = torch.Generator().manual_seed(2)
     z_a = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
@@ -90,7 +97,7 @@ def test_gradcheck_float64(mode):
     t = torch.rand(4, 4, generator=g, dtype=torch.float64)
     keep = torch.tensor([True, False, True, True])
     fn = DistillationLoss(mode, temperature=0.5, teacher_temperature=0.5)
-    assert torch.autograd.gradcheck(lambda a, b: fn(a, b, t, keep, head), (z_a, z_b))
+    assert torch.autograd.gradcheck(lambda a, b: fn(a, b, t, keep, head, 2 * t - 1), (z_a, z_b))
 
 
 def test_every_pair_filtered_out_gives_zero_with_warning():
@@ -153,3 +160,23 @@ def test_rank_is_zero_without_an_order_and_falls_when_the_student_agrees():
     agree = DistillationLoss("rank")(eye, eye, teacher)  # S = I: every diagonal entry above every other
     disagree = DistillationLoss("rank")(eye, eye[[1, 2, 0]], teacher)  # diagonal cosines 0, off-diagonal ones 1
     assert agree.item() < 1e-6 < 1.0 < disagree.item()
+
+
+def test_cosine_hand_computed_and_reachable_where_mse_is_not():
+    z_a = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    z_b = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    # S = [[1, 1], [0, 0]]
+    c = torch.tensor([[0.9, 0.2], [0.1, -0.3]], dtype=torch.float64)
+    t = torch.rand(2, 2, dtype=torch.float64)  # calibrated scores: not read in this mode
+    expected = ((1 - 0.9) ** 2 + (1 - 0.2) ** 2 + (0 - 0.1) ** 2 + (0 + 0.3) ** 2) / 4
+    assert DistillationLoss("cosine")(z_a, z_b, t, teacher_cosine=c).item() == pytest.approx(expected, rel=1e-12)
+    expected_kept = ((1 - 0.9) ** 2 + (1 - 0.2) ** 2 + (0 - 0.1) ** 2) / 3
+    kept = DistillationLoss("cosine")(z_a, z_b, t, torch.tensor([True, False]), teacher_cosine=c)
+    assert kept.item() == pytest.approx(expected_kept, rel=1e-12)
+    # four orthonormal pairs the teacher calls unrelated (cosine 0, score ~0): ``cosine`` is met exactly, ``mse``
+    # asks for off-diagonal cosines of -1 and stays above 0
+    eye = torch.eye(4, dtype=torch.float64)
+    assert DistillationLoss("cosine")(eye, eye, torch.zeros(4, 4), teacher_cosine=eye).item() == 0.0
+    assert DistillationLoss("mse")(eye, eye, eye).item() > 0.1
+    with pytest.raises(ValueError, match="raw cosine matrix"):
+        DistillationLoss("cosine")(z_a, z_b, t)

@@ -132,6 +132,27 @@ def test_decoder_path_sup_modes_train_the_decoder_path(mode):
     assert seen[-1] < seen[0]
 
 
+
+def test_cosine_distillation_reads_the_raw_teacher_cosines():
+    """L_dist's ``cosine`` form gets the teacher's cosines before calibration, and training lowers it."""
+    pairs, index = tiny_pairs(), list(range(16))
+    raw = pairs.teacher_a @ pairs.teacher_b.T
+    assert np.allclose(pairs.teacher_cosine_matrix(index).numpy(), raw, atol=1e-6)
+    assert np.allclose(pairs.teacher_matrix(index).numpy(), (raw + 1) / 2, atol=1e-6)
+    torch.manual_seed(0)
+    enc = LoraEncoder(tiny_llama(), tiny_tokenizer(), EncoderConfig(rank=4, dropout=0.0))
+    t = Trainer(enc, FlipKDLoss(LossConfig(parts=("dist",), distill_mode="cosine")), pairs,
+                TrainConfig(learning_rate=5e-3, batch_size=16, max_steps=8, warmup_ratio=0, precision="fp32"),
+                show_progress=False)
+    with torch.no_grad():
+        s = (enc.encode(pairs.text_a) @ enc.encode(pairs.text_b).T).numpy()
+    first = t.train_step(index)["loss/dist"]
+    assert first == pytest.approx(float(np.mean((s - raw) ** 2)), rel=1e-4)
+    assert abs(first - float(np.mean((s - (raw + 1) / 2) ** 2))) > 1e-3
+    later = [t.train_step(index)["loss/dist"] for _ in range(7)]
+    assert later[-1] < first
+
+
 def early_trainer(eval_every, patience, scores, steps=20, dropout=0.3):
     """A trainer whose dev evaluations return ``scores`` in turn (LoRA dropout on: training draws from the RNG)."""
     torch.manual_seed(0)
