@@ -28,7 +28,7 @@ Zero (not NaN) when nothing is kept, and when the kept entries have no order in 
 scores equal).
 
 Args:
-    mode: ``mse``, ``kl``, ``prob`` or ``rank``.
+    mode: ``mse``, ``kl``, ``prob``, ``rank`` or ``cosine``.
     temperature: tau for the student logits in ``kl`` and ``rank`` modes (0.05, CoSENT's scale 20).
     teacher_temperature: tau_t for the teacher scores in ``kl`` mode (0.05).
 
